@@ -1,0 +1,78 @@
+"""The ``jobfleet`` command line: parsing, rendering and exit codes; no business logic.
+
+Each subcommand lives in its own module under ``jobfleet.cli`` and exposes
+``register(subparsers, common)``, which adds its parser and sets ``handler``. A handler
+takes the parsed namespace and returns an :class:`Output`; it never prints. ``main`` is
+the only place where a :class:`~jobfleet.errors.JobfleetError` becomes one stderr line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobfleet.errors import JobfleetError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ("affected",)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a subcommand returns: a JSON-ready object, its human rendering, an exit code."""
+
+    data: Any
+    text: str = ""
+    exit_code: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (``--config``, ``--json``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $JOBFLEET_CONFIG, else /etc/jobfleet/jobfleet.yml)",
+    )
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobfleet", description="Background-job workers that never leave a job stuck."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_parser()
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"jobfleet.cli.{name}")
+        module.register(subparsers, common)
+    return parser
+
+
+def render(args: argparse.Namespace, output: Output) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(output.data, sort_keys=True, default=str))
+    elif output.text:
+        print(output.text)
+    return output.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        output: Output = args.handler(args)
+    except JobfleetError as exc:
+        print(f"jobfleet {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return render(args, output)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
