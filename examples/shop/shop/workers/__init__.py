@@ -1,0 +1,1 @@
+"""Entry modules of the shop's workers, one per worker definition."""
