@@ -46,11 +46,12 @@ deploy: bootstrap lab-up ## bring up the container lab and deploy the fleet to i
 test: bootstrap lint pytest molecule ## lint, pytest, then every molecule scenario
 
 lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile)
-	ruff check src tests bench examples molecule
-	ruff format --check src tests bench examples molecule
+	ruff check src tests bench examples molecule files/scripts/check-argument-specs
+	ruff format --check src tests bench examples molecule files/scripts/check-argument-specs
 	mypy
 	yamllint --strict .
 	ansible-lint
+	$(BIN)/python files/scripts/check-argument-specs --readme README.md roles
 
 pytest: venv host
 	pytest
