@@ -16,10 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobfleet.errors import JobfleetError
+from jobfleet.errors import JobfleetError, translate
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("affected",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "db",
+    "worker",
+    "enqueue",
+    "status",
+    "job",
+    "maintenance",
+    "affected",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def render(args: argparse.Namespace, output: Output) -> int:
+    if output.data is None and not output.text:
+        return output.exit_code
     if getattr(args, "json", False):
         print(json.dumps(output.data, sort_keys=True, default=str))
     elif output.text:
@@ -71,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobfleetError as exc:
         print(f"jobfleet {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        known = translate(exc)  # unreachable Redis or database: one line, not a traceback
+        if known is None:
+            raise
+        print(f"jobfleet {args.command}: {known}", file=sys.stderr)
+        return known.exit_code
     return render(args, output)
 
 

@@ -1,0 +1,168 @@
+"""The ledger's tables, its engine settings and ``db init`` (create or upgrade, idempotent).
+
+SQLite runs in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE``: a write never fails half-way because another process wrote first.
+``postgresql://`` URLs use the psycopg (3) driver.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import make_url
+
+from jobfleet.errors import UsageError
+
+SCHEMA_VERSION = 1
+"""The ledger schema this runtime writes; ``db init`` records it."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for the lock before giving up."""
+
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled")
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobfleet_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("queue", String(128), nullable=False),
+    Column("func", String(512), nullable=False),
+    Column("args", Text, nullable=False, default="[]"),
+    Column("kwargs", Text, nullable=False, default="{}"),
+    Column("status", String(16), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker", String(255)),
+    Column("heartbeat_at", DateTime),
+    Column("error", Text),
+    Column("error_kind", String(64)),
+    Column("created_at", DateTime, nullable=False),
+    Column("first_started_at", DateTime),
+    Column("last_started_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("run_after", DateTime),
+    Column("dispatched", Boolean, nullable=False, default=False),
+    Index("ix_jobfleet_jobs_claim", "status", "mode", "queue", "created_at"),
+    Index("ix_jobfleet_jobs_heartbeat", "status", "heartbeat_at"),
+    Index("ix_jobfleet_jobs_finished", "status", "finished_at"),
+)
+"""One row per job. Every change of ``status`` goes through :mod:`jobfleet.ledger`."""
+
+schema_version = Table(
+    "jobfleet_schema",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC (the ledger stores naive UTC times on every backend)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with this project's settings; safe across ``fork()``."""
+    parsed = make_url(url)
+    engine: Engine
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    elif parsed.get_backend_name() == "postgresql":
+        if parsed.drivername in ("postgresql", "postgresql+psycopg"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        else:
+            raise UsageError(
+                f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql://"
+            )
+        engine = create_engine(
+            parsed, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 5}
+        )
+    else:
+        raise UsageError(f"unsupported database URL scheme {parsed.drivername!r}")
+    ref = weakref.ref(engine)
+
+    def _after_fork() -> None:
+        live = ref()
+        if live is not None:
+            live.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_after_fork)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def current_version(engine: Engine) -> int | None:
+    """The recorded schema version, or None when the ledger has never been initialised."""
+    if not inspect(engine).has_table(schema_version.name):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(
+            select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)
+        ).scalar()
+
+
+def init_db(engine: Engine) -> bool:
+    """Create or upgrade the schema; return whether anything changed. Idempotent."""
+    found = current_version(engine)
+    if found is not None and found > SCHEMA_VERSION:
+        raise UsageError(
+            f"ledger schema version {found} is newer than this runtime ({SCHEMA_VERSION}); "
+            "upgrade jobfleet"
+        )
+    if found == SCHEMA_VERSION:
+        return False
+    with engine.begin() as conn:
+        metadata.create_all(conn, checkfirst=True)
+        conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=utcnow()))
+    return True
+
+
+def require_schema(engine: Engine) -> None:
+    """Fail with one line unless ``db init`` has run against this ledger."""
+    found = current_version(engine)
+    if found is None:
+        raise UsageError("the ledger has no schema; run `jobfleet db init` first")
+    if found != SCHEMA_VERSION:
+        raise UsageError(
+            f"ledger schema version {found} does not match this runtime ({SCHEMA_VERSION}); "
+            "run `jobfleet db init`"
+        )
