@@ -91,35 +91,57 @@ def parse_imports(source: bytes, filename: str) -> ImportData:
         message = getattr(exc, "msg", None) or str(exc)
         return ImportData((), None, f"line {line}: {message}" if line else message)
     records: list[ImportRecord] = []
-    _statements(tree.body, records)
+    nested = _statements(tree.body, records, top_level_only=True)
+    # Every import statement spells "import". When the top level holds them all, no
+    # function or class body can hide another one, and the rest of the tree is skipped.
+    if source.count(b"import") > nested:
+        records.clear()
+        _statements(tree.body, records, top_level_only=False)
     if any(name.encode() in source for name in _IMPORT_CALLS):
         _calls(tree, records)
     return ImportData(tuple(records), _all_names(tree.body))
 
 
-def _statements(body: list[ast.stmt], out: list[ImportRecord]) -> None:
-    """Collect import statements, descending into nested statement bodies only.
+_BODIES: dict[type[ast.stmt], tuple[str, ...]] = {
+    ast.FunctionDef: ("body",),
+    ast.AsyncFunctionDef: ("body",),
+    ast.ClassDef: ("body",),
+    ast.If: ("body", "orelse"),
+    ast.For: ("body", "orelse"),
+    ast.AsyncFor: ("body", "orelse"),
+    ast.While: ("body", "orelse"),
+    ast.With: ("body",),
+    ast.AsyncWith: ("body",),
+    ast.Try: ("body", "orelse", "finalbody"),
+    ast.TryStar: ("body", "orelse", "finalbody"),
+}
+
+
+def _statements(body: list[ast.stmt], out: list[ImportRecord], *, top_level_only: bool) -> int:
+    """Collect import statements (returns how many), descending into statement bodies only.
 
     Imports are statements, so expressions (the bulk of a tree) are never visited.
     """
+    count = 0
     stack = [body]
     while stack:
         for node in stack.pop():
             if isinstance(node, ast.Import):
+                count += 1
                 out.extend(ImportRecord(0, alias.name, None) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
+                count += 1
                 names = tuple(alias.name for alias in node.names)
                 out.append(ImportRecord(node.level or 0, node.module or "", names))
-            elif isinstance(node, ast.Try | ast.TryStar):
-                stack.extend((node.body, node.orelse, node.finalbody))
-                stack.extend(handler.body for handler in node.handlers)
+            elif top_level_only:
+                continue
+            elif type(node) in _BODIES:
+                stack.extend(getattr(node, attr) for attr in _BODIES[type(node)])
+                if isinstance(node, ast.Try | ast.TryStar):
+                    stack.extend(handler.body for handler in node.handlers)
             elif isinstance(node, ast.Match):
                 stack.extend(case.body for case in node.cases)
-            else:
-                for attr in ("body", "orelse", "finalbody"):
-                    inner = getattr(node, attr, None)
-                    if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
-                        stack.append(inner)
+    return count
 
 
 def _calls(tree: ast.Module, out: list[ImportRecord]) -> None:
@@ -230,8 +252,9 @@ class ParseCache:
         except OSError:
             return
         try:
+            text = json.dumps({"schema": SCHEMA, "entries": entries}, separators=(",", ":"))
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"schema": SCHEMA, "entries": entries}, handle, separators=(",", ":"))
+                handle.write(text)
             os.replace(tmp, self._path)
         except OSError:
             with contextlib.suppress(OSError):
