@@ -3,6 +3,7 @@ SQLite files under tmp_path, config files, and worker subprocesses stopped by pi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,7 +120,11 @@ class Procs:
         log = self.tmp_path / f"proc-{len(self.procs)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [JOBFLEET, *args], env=worker_env(config), stdout=out, stderr=subprocess.STDOUT
+                [JOBFLEET, *args],
+                env=worker_env(config),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.procs.append(proc)
         self.logs[proc.pid] = log
@@ -138,11 +143,37 @@ class Procs:
     def output(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[proc.pid].read_text()
 
+    def kill_tree(self, proc: subprocess.Popen[bytes]) -> list[int]:
+        """SIGKILL the process and everything in its session (horse, scheduler), as
+        ``systemctl kill --signal=SIGKILL`` does to a unit's cgroup."""
+        killed = []
+        for pid in session_members(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        proc.wait(10)
+        return killed
+
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            self.kill_tree(proc)
             stop_process(proc)
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids whose session id is ``sid`` (the session leader included)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
 
 
 @pytest.fixture

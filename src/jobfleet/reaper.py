@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from jobfleet import logs
@@ -98,37 +98,61 @@ def _send(runtime: Runtime, row: JobRow) -> bool:
     return send(runtime, row)
 
 
-def reap(runtime: Runtime) -> ReapResult:
-    """One pass: orphans first, then pending rows lost on the way to RQ."""
+def reap(runtime: Runtime, grace: float = REDISPATCH_GRACE) -> ReapResult:
+    """One pass: orphans first, then pending rows lost on the way to RQ.
+
+    ``grace``: pending rows younger than this many seconds are left to their enqueue.
+    """
     result = ReapResult()
     for row in runtime.ledger.stale_running(runtime.config.orphan_after):
         last = iso(row.heartbeat_at) or "never"
         message = f"worker {row.worker} stopped heartbeating (last heartbeat {last})"
         release(runtime, row, message, "orphaned", stale=True, result=result)
     if runtime.has_rq_queues():
-        redispatch(runtime, result)
+        redispatch(runtime, result, grace)
     return result
 
 
-def redispatch(runtime: Runtime, result: ReapResult) -> None:
+def redispatch(runtime: Runtime, result: ReapResult, grace: float = REDISPATCH_GRACE) -> None:
     """Send again the ``rq``-mode pending rows that no queue holds."""
     now = utcnow()
-    grace = now - timedelta(seconds=REDISPATCH_GRACE)
+    young = now - timedelta(seconds=grace)
     overdue = now - timedelta(seconds=runtime.config.orphan_after)
     rows = runtime.ledger.select_rows(
-        jobs.c.status == "pending", jobs.c.mode == "rq", jobs.c.created_at < grace, limit=BATCH
+        jobs.c.status == "pending", jobs.c.mode == "rq", jobs.c.created_at <= young, limit=BATCH
     )
     dispatched = [r for r in rows if r.dispatched]
     statuses = rq_statuses(runtime, [r.id for r in dispatched])
+    # "queued" but in no list: popped by a client that died (old rows only; one read per queue)
+    doubtful = {r.queue for r in dispatched if statuses.get(r.id) == "queued" and _old(r, overdue)}
+    listed = queued_ids(runtime, doubtful)
     for row in rows:
         if row.dispatched:
             status = statuses.get(row.id)
             if status in LIVE_RQ_STATUSES and not (
-                status == "scheduled" and row.run_after is not None and row.run_after < overdue
+                (status == "scheduled" and row.run_after is not None and row.run_after < overdue)
+                or (row.queue in doubtful and _old(row, overdue) and row.id not in listed)
             ):
                 continue
         if runtime.ledger.claim_send(row) and send(runtime, row):
             result.redispatched.append(row.id)
+
+
+def _old(row: JobRow, before: datetime) -> bool:
+    return (row.run_after or row.created_at) < before
+
+
+def queued_ids(runtime: Runtime, queues: set[str]) -> set[str]:
+    """Every job id in the given RQ queues and their intermediate lists."""
+    ids: set[str] = set()
+    for name in queues:
+        queue = runtime.rq_queue(name)
+        for key in (queue.key, queue.intermediate_queue_key):
+            ids.update(
+                v.decode() if isinstance(v, bytes) else str(v)
+                for v in runtime.redis.lrange(key, 0, -1)
+            )
+    return ids
 
 
 def startup_cleanup(runtime: Runtime, name: str) -> ReapResult:
