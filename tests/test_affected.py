@@ -216,6 +216,7 @@ def test_stdlib_and_third_party_are_ignored(
         "requirements.txt",
         "requirements-dev.txt",
         "requirements/base.txt",
+        "requirements.lock",
         "poetry.lock",
         "uv.lock",
         "Pipfile.lock",
@@ -480,6 +481,13 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "not found" in usage_error(capsys, "--workers", module, "--new", t, "--changed", "w.py")
     no_entry = workers_file(tmp_path, {"w": {"queues": ["a"]}}, "no_entry.yml")
     assert "no 'entry'" in usage_error(capsys, "--workers", no_entry, "--new", t, "--changed", "w")
+    empty = workers_file(tmp_path, {"w": {"entry": []}}, "empty.yml")
+    assert "empty 'entry'" in usage_error(capsys, "--workers", empty, "--new", t, "--changed", "w")
+    not_mapping = tmp_path / "list.yml"
+    not_mapping.write_text("- just\n- a list\n")
+    assert "'workers:' mapping" in usage_error(
+        capsys, "--workers", str(not_mapping), "--new", t, "--changed", "w"
+    )
     assert "inside the tree" in usage_error(
         capsys, "--workers", good, "--new", t, "--changed", "../escape.py"
     )
@@ -506,3 +514,26 @@ def test_exit_codes_in_a_subprocess(tmp_path: Path) -> None:
     assert (
         bad.stderr.strip() == "jobfleet affected: --old needs --new (the tree to compare it with)"
     )
+
+
+def test_dotted_entry_loads_its_packages_and_entry_lists_are_unions(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    old = {
+        "jobs/__init__.py": "",
+        "jobs/worker.py": "import os\n",
+        "scripts/run.py": "import tool\n",
+        "scripts/tool.py": "",
+        "tool.py": "",
+    }
+    workers = {"w": {"entry": ["jobs.worker", "scripts/run.py"]}, "v": {"entry": "jobs.worker"}}
+    data = compare(capsys, tmp_path, workers, old, {"jobs/__init__.py": "x = 1\n"})
+    assert data["reasons"] == {
+        "v": ["jobs/worker.py", "jobs/__init__.py"],
+        "w": ["jobs/worker.py", "jobs/__init__.py"],
+    }
+    # The script's own directory comes first on its search path: scripts/tool.py, not tool.py.
+    data = compare(capsys, tmp_path, workers, old, {"scripts/tool.py": "x = 1\n"})
+    assert data["reasons"] == {"w": ["scripts/run.py", "scripts/tool.py"]}
+    data = compare(capsys, tmp_path, workers, old, {"tool.py": "x = 1\n"})
+    assert data["affected_workers"] == []

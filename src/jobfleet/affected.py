@@ -26,8 +26,10 @@ from jobfleet.errors import UsageError
 
 #: Dependency files whose change affects every worker (matched on the file name; the
 #: requirements pattern also matches a tree path such as ``requirements/base.txt``).
+#: ``requirements*.lock`` goes beyond the issue's list: examples/shop pins with one.
 LOCK_PATTERNS = (
     "requirements*.txt",
+    "requirements*.lock",
     "poetry.lock",
     "uv.lock",
     "Pipfile.lock",
@@ -105,6 +107,11 @@ def load_workers(path: str) -> list[Worker]:
             raise UsageError(f"workers file {path}: worker {name!r} has no 'entry'")
         entry = spec["entry"]
         entries = [entry] if isinstance(entry, str) else entry
+        if entries == []:
+            raise UsageError(
+                f"workers file {path}: worker {name!r} has an empty 'entry'; "
+                "list the scripts or modules it loads"
+            )
         if (
             not isinstance(entries, list)
             or not entries
