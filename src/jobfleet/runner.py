@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,21 +65,58 @@ class Heartbeat(threading.Thread):
             self.join(timeout=self.interval + 5)
 
 
-_active: JobRow | None = None
-_active_runtime: Runtime | None = None
+_progress_sink: Callable[[float], object] | None = None
+"""Where :func:`progress` goes: the ledger (poller) or the pipe to the worker (RQ horse)."""
 
 
 def progress(percent: float) -> None:
     """Record the running job's progress (0 to 100) in its ledger row."""
-    if _active is None or _active_runtime is None:
+    if _progress_sink is None:
         raise JobfleetError("jobfleet.progress() was called outside a jobfleet job")
     if isinstance(percent, bool) or not 0 <= float(percent) <= 100:
         raise UsageError(f"progress must be between 0 and 100, got {percent!r}")
-    _active_runtime.ledger.set_progress(_active, float(percent))
+    _progress_sink(float(percent))
+
+
+@contextmanager
+def progress_to(sink: Callable[[float], object]) -> Iterator[None]:
+    global _progress_sink
+    _progress_sink = sink
+    try:
+        yield
+    finally:
+        _progress_sink = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a failure means for the row: retry after ``delay``, or fail (fatal or final)."""
+
+    retry: bool
+    fatal: bool
+    kind: str
+    text: str
+    delay: float = 0.0
+
+
+def call(row: JobRow, timeout: int | None = None) -> tuple[Any, BaseException | None, int]:
+    """Run the row's function: (return value, exception or None, duration in ms)."""
+    started = time.monotonic()
+    try:
+        try:
+            func = resolve(row.func)
+        except UsageError as exc:
+            raise UnknownFunctionError(str(exc)) from None
+        args, kwargs = row.call_args()
+        with _penalty(timeout):
+            value = func(*args, **kwargs)
+    except Exception as exc:
+        return None, exc, int((time.monotonic() - started) * 1000)
+    return value, None, int((time.monotonic() - started) * 1000)
 
 
 class JobRunner:
-    """Runs ledger rows for one worker name, in ``rq`` or ``db`` mode."""
+    """Claims, records and logs ledger rows for one worker name, in ``rq`` or ``db`` mode."""
 
     def __init__(self, runtime: Runtime, worker: str, mode: str) -> None:
         self.runtime, self.worker, self.mode = runtime, worker, mode
@@ -96,109 +134,92 @@ class JobRunner:
             **fields,
         )
 
-    def claim_and_run(self, job_id: str) -> Outcome:
-        """RQ mode: claim the row by id (pending -> running), then run it."""
+    def claim(self, job_id: str) -> JobRow | None:
+        """RQ mode: pending -> running by id; None (and one log line) when it cannot run."""
         ledger = self.runtime.ledger
         row = ledger.claim(job_id, self.worker)
-        if row is None:
-            current = ledger.get(job_id)
-            if current is None:
-                reason, kind = "the ledger row no longer exists", "missing_row"
-                logs.emit(
-                    "JOB_DROPPED",
-                    stream=self.runtime.stream,
-                    job_id=job_id,
-                    worker=self.worker,
-                    error=reason,
-                    error_kind=kind,
-                    fatal=True,
-                    will_retry=False,
-                )
-            else:
-                reason = f"the ledger row is {current.status}, not pending"
-                self.log(
-                    "JOB_DROPPED",
-                    current,
-                    error=reason,
-                    error_kind="not_pending",
-                    fatal=True,
-                    will_retry=False,
-                )
-            return Outcome("dropped")
-        return self.run(row)
+        if row is not None:
+            return row
+        current = ledger.get(job_id)
+        if current is None:
+            logs.emit(
+                "JOB_DROPPED",
+                stream=self.runtime.stream,
+                job_id=job_id,
+                worker=self.worker,
+                error="the ledger row no longer exists",
+                error_kind="missing_row",
+                fatal=True,
+                will_retry=False,
+            )
+        else:
+            self.log(
+                "JOB_DROPPED",
+                current,
+                error=f"the ledger row is {current.status}, not pending",
+                error_kind="not_pending",
+                fatal=True,
+                will_retry=False,
+            )
+        return None
 
-    def run(self, row: JobRow, timeout: int | None = None) -> Outcome:
-        """Run a row this worker has claimed; ``timeout`` arms SIGALRM (poller mode)."""
-        global _active, _active_runtime
-        config = self.runtime.config
-        self.log("JOB_START", row)
-        heartbeat = Heartbeat(self.runtime, row, config.heartbeat_interval)
-        heartbeat.start()
-        started = time.monotonic()
-        error: BaseException | None = None
-        value: Any = None
-        _active, _active_runtime = row, self.runtime
-        try:
-            try:
-                func = resolve(row.func)
-            except UsageError as exc:
-                raise UnknownFunctionError(str(exc)) from None
-            args, kwargs = row.call_args()
-            with _penalty(timeout):
-                value = func(*args, **kwargs)
-        except Exception as exc:
-            error = exc
-        finally:
-            _active = _active_runtime = None
-            heartbeat.stop()
-        duration_ms = int((time.monotonic() - started) * 1000)
-        if error is None:
-            return self._succeeded(row, value, duration_ms)
-        return self._failed(row, error, duration_ms)
-
-    def _succeeded(self, row: JobRow, value: Any, duration_ms: int) -> Outcome:
-        if self.runtime.ledger.complete(row):
-            self.log("JOB_SUCCESS", row, duration_ms=duration_ms, fatal=False, will_retry=False)
-            return Outcome("success", value=value)
-        self._lost(row, duration_ms)
-        return Outcome("dropped")
-
-    def _failed(self, row: JobRow, error: BaseException, duration_ms: int) -> Outcome:
+    def judge(self, row: JobRow, error: BaseException) -> Judgement:
         config = self.runtime.config
         verdict = classify(error, config.fatal_exceptions)
         text = describe(error)
+        if verdict.fatal or row.attempts >= row.max_attempts:
+            return Judgement(False, verdict.fatal, verdict.kind, text)
+        delay = backoff_delay(row.attempts, config.backoff_base, config.backoff_max)
+        if self.mode == "rq":
+            delay = float(round(delay))  # RQ schedules in whole seconds
+        return Judgement(True, False, verdict.kind, text, delay)
+
+    def run(self, row: JobRow, timeout: int | None = None) -> Outcome:
+        """Run a claimed row in this process (poller): heartbeat, call, record."""
+        self.log("JOB_START", row)
+        heartbeat = Heartbeat(self.runtime, row, self.runtime.config.heartbeat_interval)
+        heartbeat.start()
+        try:
+            with progress_to(lambda p: self.runtime.ledger.set_progress(row, p)):
+                value, error, duration_ms = call(row, timeout)
+        finally:
+            heartbeat.stop()
+        judgement = None if error is None else self.judge(row, error)
+        kind = self.record(row, judgement, duration_ms)
+        delay = judgement.delay if judgement else 0.0
+        return Outcome(kind, delay=delay, error=error, value=value)
+
+    def record(self, row: JobRow, judgement: Judgement | None, duration_ms: int) -> str:
+        """Write the outcome of one run; returns success, retry, failed or dropped."""
         ledger = self.runtime.ledger
-        if not verdict.fatal and row.attempts < row.max_attempts:
-            delay = backoff_delay(row.attempts, config.backoff_base, config.backoff_max)
-            if self.mode == "rq":
-                delay = float(round(delay))  # RQ schedules in whole seconds
-            if ledger.retry_later(row, text, verdict.kind, delay, dispatched=True):
+        if judgement is None:
+            if ledger.complete(row):
+                self.log("JOB_SUCCESS", row, duration_ms=duration_ms, fatal=False, will_retry=False)
+                return "success"
+        elif judgement.retry:
+            if ledger.retry_later(row, judgement.text, judgement.kind, judgement.delay, True):
                 self.log(
                     "JOB_RETRY",
                     row,
                     duration_ms=duration_ms,
-                    error=text,
-                    error_kind=verdict.kind,
+                    error=judgement.text,
+                    error_kind=judgement.kind,
                     fatal=False,
                     will_retry=True,
                 )
-                return Outcome("retry", delay=delay, error=error)
-        elif ledger.fail(row, text, verdict.kind):
+                return "retry"
+        elif ledger.fail(row, judgement.text, judgement.kind):
             self.log(
                 "JOB_FAILED",
                 row,
                 duration_ms=duration_ms,
-                error=text,
-                error_kind=verdict.kind,
-                fatal=verdict.fatal,
+                error=judgement.text,
+                error_kind=judgement.kind,
+                fatal=judgement.fatal,
                 will_retry=False,
             )
-            return Outcome("failed", error=error)
-        self._lost(row, duration_ms)
-        return Outcome("dropped", error=error)
-
-    def _lost(self, row: JobRow, duration_ms: int) -> None:
-        current = self.runtime.ledger.get(row.id)
+            return "failed"
+        current = ledger.get(row.id)
         state = "deleted" if current is None else current.status
         self.log(
             "JOB_DROPPED",
@@ -209,6 +230,7 @@ class JobRunner:
             fatal=False,
             will_retry=False,
         )
+        return "dropped"
 
 
 def _penalty(timeout: int | None) -> AbstractContextManager[Any]:

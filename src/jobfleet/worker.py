@@ -3,17 +3,24 @@
 How a job travels:
 
 * The RQ job carries the real function name and JSON arguments (RQ's ``JSONSerializer``,
-  never pickle) under the ledger row's id. :class:`LedgerJob` replaces RQ's call with
-  :meth:`jobfleet.runner.JobRunner.claim_and_run`, so the work horse claims the row,
-  heartbeats, runs the function and records the outcome.
-* Retries: a retryable failure sets the row back to ``pending`` with ``run_after`` and
-  returns an RQ ``Retry`` with that delay, so RQ itself reschedules the same job id. The
-  worker runs with RQ's scheduler (``with_scheduler=True``), which moves due jobs back to
-  their queue; plain ``jobfleet worker`` processes need nothing else. If no scheduler is
-  alive, the reaper pushes overdue retries (see :mod:`jobfleet.reaper`).
-* Fatal and final failures are re-raised, so RQ's failed registry agrees with the ledger.
-* A job timeout (``JobTimeoutException``) is a retryable ``timeout`` error.
-* A work horse killed by a signal is recorded at once by the worker process
+  never pickle) under the ledger row's id.
+* The worker process claims the row (pending -> running, attempts + 1) before it forks the
+  work horse, and heartbeats the row from a thread while the horse runs. The horse only
+  runs the function (:class:`LedgerJob`); it sends its outcome, and any
+  ``jobfleet.progress()``, to the worker over a pipe (:mod:`jobfleet.horse_channel`) and
+  waits until the worker has written the ledger. All ledger writes thus use the worker's
+  one warm database connection; a horse opens none.
+* Retries: for a retryable failure the worker sets the row back to ``pending`` with
+  ``run_after``, then the horse returns an RQ ``Retry`` with that delay, so RQ itself
+  reschedules the same job id. The worker runs RQ's scheduler (``with_scheduler=True``),
+  which moves due jobs back to their queue; plain ``jobfleet worker`` processes need
+  nothing else. If no scheduler is alive, the reaper pushes overdue retries
+  (see :mod:`jobfleet.reaper`).
+* Fatal and final failures are re-raised in the horse, so RQ's failed registry agrees
+  with the ledger. A job timeout (``JobTimeoutException``) is a retryable ``timeout``.
+* A row that no longer exists, or is not pending, is dropped with one log line and the
+  horse does not call the function; it is never retried.
+* A work horse killed by a signal (OOM killer, kill -9) is recorded at once by the worker
   (:meth:`JobfleetWorker.on_horse_killed`): the row is requeued and sent again, or failed
   when no attempts are left. It is not left for the reaper.
 
@@ -29,6 +36,7 @@ its own stale registration.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -39,34 +47,43 @@ from rq import Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from jobfleet.runner import JobRunner
+from jobfleet.dispatch import send
+from jobfleet.horse_channel import HorseChannel
+from jobfleet.runner import JobRunner, call, progress_to
 
 if TYPE_CHECKING:
     from resource import struct_rusage
 
     from rq import Queue
-    from rq.executions import Execution
 
     from jobfleet.runtime import Runtime
 
 RETRY_CEILING = 1_000_000
 """The ``max`` of the ``Retry`` we hand to RQ: the ledger, not RQ, counts attempts."""
 
-_runner: JobRunner | None = None
+_horse: tuple[JobRunner, HorseChannel] | None = None
+"""Set in a work horse right after the fork; None in any other process."""
 
 
 class LedgerJob(Job):
-    """An RQ job whose execution goes through the ledger wrapper."""
+    """An RQ job whose function runs inside the ledger wrapper (in the work horse)."""
 
     def _execute(self) -> Any:
-        if _runner is None:  # a plain `rq worker` picked up a jobfleet job
+        if _horse is None:  # a plain `rq worker` picked up a jobfleet job
             return super()._execute()
-        outcome = _runner.claim_and_run(self.id)
-        if outcome.kind == "retry":
-            return Retry(max=RETRY_CEILING, interval=int(outcome.delay))
-        if outcome.kind == "failed" and outcome.error is not None:
-            raise outcome.error
-        return _json_safe(outcome.value)
+        runner, channel = _horse
+        row = channel.row
+        if row is None:  # the worker could not claim the row and logged why
+            return None
+        with progress_to(channel.progress):
+            value, error, duration_ms = call(row)  # RQ's death penalty enforces the timeout
+        judgement = None if error is None else runner.judge(row, error)
+        recorded = channel.report(judgement, duration_ms)
+        if recorded == "retry" and judgement is not None:
+            return Retry(max=RETRY_CEILING, interval=int(judgement.delay))
+        if recorded == "failed" and error is not None:
+            raise error
+        return _json_safe(value) if recorded == "success" else None
 
 
 def _json_safe(value: Any) -> Any:
@@ -78,15 +95,15 @@ def _json_safe(value: Any) -> Any:
 
 
 class JobfleetWorker(Worker):
-    """RQ's forking worker plus ledger bookkeeping for killed work horses."""
+    """RQ's forking worker; claims, heartbeats and records in this process."""
 
     job_class = LedgerJob
 
     def __init__(self, runtime: Runtime, queues: list[str], name: str) -> None:
-        global _runner
         self.runtime = runtime
         self.ledger_name = name
-        _runner = JobRunner(runtime, name, "rq")
+        self.runner = JobRunner(runtime, name, "rq")
+        self.channel: HorseChannel | None = None
         self._redispatch: str | None = None
         super().__init__(
             [runtime.rq_queue(q) for q in queues],
@@ -97,8 +114,45 @@ class JobfleetWorker(Worker):
             work_horse_killed_handler=self.on_horse_killed,
         )
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        row = self.runner.claim(job.id)
+        if row is not None:
+            self.runner.log("JOB_START", row)
+        self.channel = HorseChannel(self.runner, row)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.channel.close()
+            self.channel = None
+        job_id, self._redispatch = self._redispatch, None
+        if job_id is not None:  # after RQ has recorded its own failure of the dead horse
+            current = self.runtime.ledger.get(job_id)
+            if current is not None and current.status == "pending":
+                send(self.runtime, current)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        # Frozen objects are never scanned by the horse's garbage collector, so the horse
+        # does not copy the worker's memory page by page (fork stays cheap, as in plain RQ
+        # with a small heap). The worker unfreezes at once, so its own garbage is collected.
+        gc.freeze()
+        try:
+            super().fork_work_horse(job, queue)  # the horse never returns from this call
+        finally:
+            gc.unfreeze()
+        assert self.channel is not None
+        self.channel.worker_after_fork()
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        global _horse
+        assert self.channel is not None
+        self.channel.horse_after_fork()
+        _horse = (self.runner, self.channel)
+        super().main_work_horse(job, queue)
+
     def on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: struct_rusage) -> None:
         """Record a work horse that died by a signal (OOM killer, kill -9) right away."""
+        if self.channel is not None:
+            self.channel.drain()  # an outcome the horse sent before it died comes first
         ledger = self.runtime.ledger
         row = ledger.get(job.id)
         if row is None or row.status != "running" or row.worker != self.ledger_name:
@@ -109,23 +163,12 @@ class JobfleetWorker(Worker):
         new = ledger.release(row, message, "killed", stale_before=None)
         if new is None:
             return
-        runner = JobRunner(self.runtime, self.ledger_name, "rq")
         fields: dict[str, Any] = {"error": message, "error_kind": "killed", "fatal": False}
         if new.status == "pending":
-            runner.log("JOB_REQUEUED", row, will_retry=True, **fields)
-            self._redispatch = new.id  # after RQ has recorded its own failure
+            self.runner.log("JOB_REQUEUED", row, will_retry=True, **fields)
+            self._redispatch = new.id
         else:
-            runner.log("JOB_FAILED", row, will_retry=False, **fields)
-
-    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        super().monitor_work_horse(job, queue, execution)
-        job_id, self._redispatch = self._redispatch, None
-        if job_id is not None:
-            from jobfleet.dispatch import send
-
-            row = self.runtime.ledger.get(job_id)
-            if row is not None and row.status == "pending":
-                send(self.runtime, row)
+            self.runner.log("JOB_FAILED", row, will_retry=False, **fields)
 
 
 def rq_worker_name(name: str) -> str:

@@ -29,6 +29,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affected",
 )
 
+#: Long-running commands whose module is the only one imported, to keep a worker's idle
+#: memory small (the other modules pull in code a worker never needs).
+RUNNERS: dict[str, str] = {"worker": "worker", "poll-worker": "worker"}
+
 
 @dataclass(frozen=True)
 class Output:
@@ -52,13 +56,16 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; for a worker command (first argument), only that command's."""
     parser = argparse.ArgumentParser(
         prog="jobfleet", description="Background-job workers that never leave a job stuck."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    for name in COMMAND_MODULES:
+    first = list(sys.argv[1:] if argv is None else argv)[:1]
+    only = RUNNERS.get(first[0]) if first else None
+    for name in (only,) if only else COMMAND_MODULES:
         module = importlib.import_module(f"jobfleet.cli.{name}")
         module.register(subparsers, common)
     return parser
@@ -75,7 +82,7 @@ def render(args: argparse.Namespace, output: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         output: Output = args.handler(args)
     except JobfleetError as exc:
