@@ -11,10 +11,12 @@ exits (the unit needs ``KillMode=mixed`` like the RQ worker's).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from jobfleet.errors import translate
 from jobfleet.runner import JobRunner
 
 if TYPE_CHECKING:
@@ -54,9 +56,16 @@ class Poller:
 
     def work(self, burst: bool = False) -> int:
         """Loop until stopped (or, with ``burst``, until nothing is due); return the count."""
+        from sqlalchemy.exc import OperationalError
+
         interval = min(self.runtime.config.poll_interval, IDLE_BACKOFF_MAX)
         while not self.stop_requested.is_set():
-            if self.run_once():
+            try:
+                if self.run_once():
+                    continue
+            except OperationalError as exc:  # the database blinked: wait, then claim again
+                print(f"jobfleet poll-worker: {translate(exc)}", file=sys.stderr, flush=True)
+                self.stop_requested.wait(IDLE_BACKOFF_MAX)
                 continue
             if burst:
                 break

@@ -41,13 +41,16 @@ import json
 import logging
 import os
 import secrets
+import sys
 from typing import TYPE_CHECKING, Any
 
 from rq import Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from sqlalchemy.exc import OperationalError
 
 from jobfleet.dispatch import send
+from jobfleet.errors import translate
 from jobfleet.horse_channel import HorseChannel
 from jobfleet.runner import JobRunner, call, progress_to
 
@@ -115,7 +118,17 @@ class JobfleetWorker(Worker):
         )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        row = self.runner.claim(job.id)
+        try:
+            row = self.runner.claim(job.id)
+        except OperationalError as exc:
+            # The ledger is unreachable: skip the job. Its row stays pending, and the reaper
+            # sends it again, since RQ will show the job finished.
+            print(
+                f"jobfleet worker: {translate(exc)}; job {job.id} left for the reaper",
+                file=sys.stderr,
+                flush=True,
+            )
+            row = None
         if row is not None:
             self.runner.log("JOB_START", row)
         self.channel = HorseChannel(self.runner, row)
