@@ -287,3 +287,20 @@ def test_pending_job_lost_by_redis_is_sent_again(
 
 def _restart(server: RedisServer) -> None:
     server.start()
+
+
+def test_progress_from_a_horse_reaches_the_ledger_and_cancel_wins(
+    make_config: ConfigFactory, sqlite_url: str, redis_url: str, procs: Procs, tmp_path: Path
+) -> None:
+    cfg = make_config(sqlite_url, redis_url)
+    rt = _rt(cfg)
+    side = tmp_path / "side"
+    job = enqueue(rt, "jobhelpers:with_progress", [str(side), 1.5])
+    worker = procs.worker(cfg, "w1")
+    wait_for(lambda: rt.ledger.require(job.id).progress == 40.0, 20, "progress 40")
+    assert rt.ledger.require(job.id).status == "running"
+    rt.ledger.cancel(job.id)  # an operator cancels while the job runs
+    wait_for(lambda: any(e["event"] == "JOB_DROPPED" for e in procs.events(worker)), 20, "drop")
+    row = rt.ledger.require(job.id)
+    assert (row.status, row.error_kind) == ("cancelled", "cancelled")  # the late success lost
+    assert worker.poll() is None
