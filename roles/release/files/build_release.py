@@ -7,7 +7,7 @@ byte-reproducible, so hashing them would make every run a new release.
 
 Prints one JSON object: ``{"id": ID, "path": DIR, "changed": bool}``. ``--id-only``
 prints the id without building. DIR holds ``src/`` (the app tree), ``wheels/`` and
-``wheels/install.txt`` (every wheel as ``name==version``).
+``wheels/install.txt`` (every wheel as ``name==version``), and ``release.tar`` holding both.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
 #: Directory and file names that are build artefacts, never inputs.
 SKIP_DIRS = frozenset({"__pycache__", "build", "dist", ".pytest_cache", ".mypy_cache"})
 SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
+#: One archive per release, shipped in a single transfer: ``src/`` and ``wheels/``.
+ARCHIVE = "release.tar"
 #: Hex digits of the sha256 kept in a release id.
 ID_LENGTH = 16
 
@@ -99,6 +102,16 @@ def build(app: Path, runtime: Path, lock: Path, out: Path) -> None:
     shutil.rmtree(out / "src" / "build", ignore_errors=True)
     pins = sorted("{}=={}".format(*whl.name.split("-")[:2]) for whl in wheels.glob("*.whl"))
     (wheels / "install.txt").write_text("".join(f"{pin}\n" for pin in pins))
+    with tarfile.open(out / ARCHIVE, "w") as archive:
+        for part in ("src", "wheels"):
+            archive.add(out / part, arcname=part, filter=_root_owned)
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
 
 
 def main() -> int:
@@ -115,7 +128,7 @@ def main() -> int:
     rid = release_id(args.app_src.resolve(), args.runtime_src.resolve(), args.lock.resolve())
     final = args.cache.resolve() / rid
     changed = False
-    if not args.id_only and not (final / "wheels" / "install.txt").is_file():
+    if not args.id_only and not (final / ARCHIVE).is_file():
         args.cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{rid}-", dir=args.cache) as tmp:
             build(
