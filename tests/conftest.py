@@ -118,12 +118,12 @@ class Procs:
 
     def start(self, config: Path, *args: str) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"proc-{len(self.procs)}.log"
-        with open(log, "wb") as out:
+        with open(log, "wb") as out, open(log.with_suffix(".err"), "wb") as err:
             proc = subprocess.Popen(
                 [JOBFLEET, *args],
                 env=worker_env(config),
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
                 start_new_session=True,
             )
         self.procs.append(proc)
@@ -137,11 +137,14 @@ class Procs:
         return self.start(config, "poll-worker", "--queues", queues, "--name", name, *extra)
 
     def events(self, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-        lines = self.logs[proc.pid].read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith('{"event"')]
+        """The JSON event lines on stdout (every stdout line must be one)."""
+        text = self.logs[proc.pid].read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written waits
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
-        return self.logs[proc.pid].read_text()
+        log = self.logs[proc.pid]
+        return log.read_text() + log.with_suffix(".err").read_text()
 
     def kill_tree(self, proc: subprocess.Popen[bytes]) -> list[int]:
         """SIGKILL the process and everything in its session (horse, scheduler), as

@@ -1,9 +1,11 @@
 """The one job wrapper that the RQ worker and the poller share.
 
-It runs a claimed ledger row: heartbeat thread on, call the function, heartbeat off, then
-complete the row, retry it later (exponential backoff with full jitter) or fail it, and
-write one JSON log line for each step. A row that is gone is dropped with one line and
-never retried.
+Its steps: claim the row (pending -> running), heartbeat while the function runs, judge a
+failure (fatal, or retry after exponential backoff with full jitter, or final), record the
+outcome with one conditional UPDATE, and write one JSON log line for each step. A row that
+is gone is dropped with one line and never retried. The poller runs all steps in its own
+process (:meth:`JobRunner.run`); the RQ worker splits them between itself and its work
+horse (:mod:`jobfleet.worker`).
 """
 
 from __future__ import annotations

@@ -101,8 +101,10 @@ def make_engine(url: str) -> Engine:
             raise UsageError(
                 f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql://"
             )
+        # No pre-ping (one round trip per transaction): a connection that died with the
+        # server is invalidated on its first error, and every caller survives one failure.
         engine = create_engine(
-            parsed, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 5}
+            parsed, pool_size=2, pool_recycle=3600, connect_args={"connect_timeout": 5}
         )
     else:
         raise UsageError(f"unsupported database URL scheme {parsed.drivername!r}")

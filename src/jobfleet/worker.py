@@ -194,6 +194,11 @@ def run_worker(runtime: Runtime, queues: list[str], name: str, burst: bool = Fal
     for queue in queues:
         runtime.config.queue(queue)  # unknown queue: one line, exit 2
     runtime.redis.ping()
-    logging.getLogger("rq").setLevel(logging.WARNING)
+    # RQ's own log lines go to stderr: stdout carries only the JSON event lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    rq_logger = logging.getLogger("rq")
+    rq_logger.addHandler(handler)
+    rq_logger.setLevel(logging.WARNING)
     worker = JobfleetWorker(runtime, queues, name)
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
