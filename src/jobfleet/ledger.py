@@ -114,6 +114,11 @@ class Ledger:
         self.engine = (
             make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         )
+        # A transition is one statement: on PostgreSQL it runs in autocommit (one round
+        # trip instead of BEGIN, UPDATE, COMMIT). SQLite keeps BEGIN IMMEDIATE.
+        self._single: Engine | None = None
+        if self.engine.dialect.name == "postgresql":
+            self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- reads -----------------------------------------------------------------
     def get(self, job_id: str) -> JobRow | None:
@@ -192,8 +197,12 @@ class Ledger:
     def _update(self, where: Sequence[ColumnElement[bool]], **values: Any) -> JobRow | None:
         """One conditional UPDATE; the new row when it won, else None."""
         stmt = update(jobs).where(and_(*where)).values(**values).returning(*jobs.c)
-        with self.engine.begin() as conn:
-            row = conn.execute(stmt).first()
+        if self._single is not None:
+            with self._single.connect() as conn:
+                row = conn.execute(stmt).first()
+        else:
+            with self.engine.begin() as conn:
+                row = conn.execute(stmt).first()
         return None if row is None else JobRow.from_mapping(row._mapping)
 
     def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
