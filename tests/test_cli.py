@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from conftest import JOBFLEET, ConfigFactory, worker_env
 from servers import free_port
 from sqlalchemy import update
 
-from jobfleet.cli import main
+from jobfleet.cli import COMMANDS, build_parser, main
 from jobfleet.ledger import SHOW_KEYS
 from jobfleet.schema import STATUSES, jobs, utcnow
 
@@ -209,3 +210,23 @@ def test_unreachable_database_is_one_line_through_the_real_script(tmp_path: Path
         assert done.returncode == 1 and done.stdout == ""
         one_line_error(done.stderr, argv[0])
         assert "database unreachable" in done.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_is_registered_by_the_module_that_routes_it(command: str) -> None:
+    # A run imports only its command's module, so a wrong COMMANDS entry would break it.
+    parser = build_parser([command])
+    assert command in parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(parser._subparsers._group_actions[0].choices) <= set(COMMANDS)  # type: ignore[union-attr]
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jobfleet.cli", "affected", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--workers" in done.stdout

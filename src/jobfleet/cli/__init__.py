@@ -18,20 +18,23 @@ from typing import Any
 
 from jobfleet.errors import JobfleetError, translate
 
-#: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "db",
-    "worker",
-    "enqueue",
-    "status",
-    "job",
-    "maintenance",
-    "affected",
-)
-
-#: Long-running commands whose module is the only one imported, to keep a worker's idle
-#: memory small (the other modules pull in code a worker never needs).
-RUNNERS: dict[str, str] = {"worker": "worker", "poll-worker": "worker"}
+#: Each subcommand and the module under ``jobfleet.cli`` that registers it, in the order
+#: ``--help`` lists them. A run imports only the module of its command (all of them for
+#: ``--help`` or a typo), so ``affected`` never loads SQLAlchemy and a worker's idle
+#: memory holds only what a worker needs.
+COMMANDS: dict[str, str] = {
+    "db": "db",
+    "worker": "worker",
+    "poll-worker": "worker",
+    "enqueue": "enqueue",
+    "status": "status",
+    "health": "status",
+    "job": "job",
+    "reap": "maintenance",
+    "startup-cleanup": "maintenance",
+    "prune": "maintenance",
+    "affected": "affected",
+}
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,15 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The full parser; for a worker command (first argument), only that command's."""
+    """The parser: only the first argument's command when it names one, else every command."""
     parser = argparse.ArgumentParser(
         prog="jobfleet", description="Background-job workers that never leave a job stuck."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
     first = list(sys.argv[1:] if argv is None else argv)[:1]
-    only = RUNNERS.get(first[0]) if first else None
-    for name in (only,) if only else COMMAND_MODULES:
+    only = COMMANDS.get(first[0]) if first else None
+    for name in (only,) if only else dict.fromkeys(COMMANDS.values()):
         module = importlib.import_module(f"jobfleet.cli.{name}")
         module.register(subparsers, common)
     return parser

@@ -1,0 +1,7 @@
+"""``python -m jobfleet.cli``: the same as the ``jobfleet`` command."""
+
+import sys
+
+from jobfleet.cli import main
+
+sys.exit(main())
