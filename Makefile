@@ -65,7 +65,7 @@ molecule: bootstrap ## every molecule scenario; destroy runs even when verify fa
 	if (( $${#failed[@]} )); then echo "molecule scenarios failed: $${failed[*]}" >&2; exit 1; fi
 
 bench: bootstrap ## benchmarks: ratios measured side by side
-	@for b in bench/*.py; do echo "=== $$b"; $(BIN)/python $$b; done
+	@for b in bench/[!_]*.py; do echo "=== $$b"; $(BIN)/python $$b; done
 	bench/deploy.sh
 
 lab-up: bootstrap ## start the lab containers
