@@ -23,8 +23,12 @@ DEFAULT_PATH = "/etc/jobfleet/jobfleet.yml"
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/jobfleet/ledger.db"
 """The embedded SQLite ledger, used when the file names no database."""
 
-MODES = ("rq", "db")
-"""Dispatch modes: ``rq`` sends jobs through Redis, ``db`` leaves them to the poller."""
+MODES = ("rq", "db", "celery")
+"""Dispatch modes: ``rq`` sends jobs through Redis, ``db`` leaves them to the poller,
+``celery`` sends them to Celery workers (Redis broker; :mod:`jobfleet.celery`)."""
+
+BROKER_MODES = ("rq", "celery")
+"""Modes whose jobs travel through Redis (``redis_url`` is then required)."""
 
 _QUEUE_KEYS = {"mode", "max_attempts", "timeout"}
 
@@ -67,7 +71,7 @@ class Config:
     def require_redis(self) -> str:
         """The Redis URL, or a config error saying that rq mode needs one."""
         if not self.redis_url:
-            raise ConfigError("redis_url is not set, but a queue is in rq mode")
+            raise ConfigError("redis_url is not set, but a queue is in rq or celery mode")
         return self.redis_url
 
 
@@ -128,8 +132,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     if "queues" in raw:
         values["queues"] = _parse_queues(raw["queues"], source)
     config = Config(**values)
-    if any(q.mode == "rq" for q in config.queues.values()) and not config.redis_url:
-        raise ConfigError(f"{source}: redis_url is required when a queue is in rq mode")
+    if any(q.mode in BROKER_MODES for q in config.queues.values()) and not config.redis_url:
+        raise ConfigError(f"{source}: redis_url is required when a queue is in rq or celery mode")
     return config
 
 
@@ -148,7 +152,8 @@ def _parse_queues(raw: Any, source: str) -> dict[str, QueueConfig]:
             raise ConfigError(f"{source}: queue {name!r}: unknown key {unknown[0]!r}")
         mode = settings.get("mode", "rq")
         if mode not in MODES:
-            raise ConfigError(f"{source}: queue {name!r}: mode must be rq or db, got {mode!r}")
+            allowed = ", ".join(MODES)
+            raise ConfigError(f"{source}: queue {name!r}: mode must be {allowed}; got {mode!r}")
         ints = {}
         for key, default in (("max_attempts", 3), ("timeout", 600)):
             value = settings.get(key, default)

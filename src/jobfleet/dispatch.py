@@ -128,8 +128,13 @@ def send(runtime: Runtime, row: JobRow) -> bool:
     """Put ``row`` on its RQ queue under its own id; False when Redis does not answer.
 
     A stale RQ copy under the same id (failed, finished, from a dead worker) is deleted
-    first, so it cannot clobber the new one.
+    first, so it cannot clobber the new one. A ``celery``-mode row goes to its Celery
+    queue instead (:func:`jobfleet.celery_send.send`).
     """
+    if row.mode == "celery":
+        from jobfleet.celery_send import send as send_celery
+
+        return send_celery(runtime, row)
     from redis.exceptions import RedisError
     from rq.exceptions import NoSuchJobError
     from rq.job import Job

@@ -110,6 +110,10 @@ def reap(runtime: Runtime, grace: float = REDISPATCH_GRACE) -> ReapResult:
         release(runtime, row, message, "orphaned", stale=True, result=result)
     if runtime.has_rq_queues():
         redispatch(runtime, result, grace)
+    if any(q.mode == "celery" for q in runtime.config.queues.values()):
+        from jobfleet.celery_send import redispatch as redispatch_celery
+
+        redispatch_celery(runtime, result, grace, BATCH)
     return result
 
 
