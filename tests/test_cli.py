@@ -45,9 +45,9 @@ def test_db_init_json(capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_
         yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/l.db", "redis_url": redis_url})
     )
     code, data, _ = run(capsys, "db", "init", "--config", str(path), "--json")
-    assert (code, data) == (0, {"schema_version": 1, "changed": True})
+    assert (code, data) == (0, {"schema_version": 2, "changed": True})
     code, data, _ = run(capsys, "db", "init", "--config", str(path), "--json")
-    assert (code, data) == (0, {"schema_version": 1, "changed": False})
+    assert (code, data) == (0, {"schema_version": 2, "changed": False})
 
 
 def test_enqueue_show_cancel_retry_json(cfg: str, capsys: pytest.CaptureFixture[str]) -> None:

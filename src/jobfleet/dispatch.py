@@ -103,7 +103,7 @@ def enqueue(
     job_id: str | None = None,
     check_func: bool = True,
 ) -> Enqueued:
-    """Write the ledger row, then dispatch it by the queue's mode."""
+    """Write the ledger row, then dispatch it by the queue's stored mode (:mod:`jobfleet.modes`)."""
     settings = runtime.config.queue(queue)
     name = normalise_func(func)
     if check_func:
@@ -115,12 +115,16 @@ def enqueue(
     attempts = settings.max_attempts if max_attempts is None else max_attempts
     if attempts < 1:
         raise UsageError("max_attempts must be at least 1")
-    row = runtime.ledger.insert(
-        job_id, queue, name, args_json, kwargs_json, settings.mode, attempts
-    )
-    if settings.mode == "db":
+    from jobfleet.modes import MIGRATING, mode_of
+
+    stored = mode_of(runtime, queue)  # the stored mode, not the config's (cached briefly)
+    mode = stored.effective
+    row = runtime.ledger.insert(job_id, queue, name, args_json, kwargs_json, mode, attempts)
+    if mode == "db":
         runtime.ledger.set_dispatched(row.id, True)
         return Enqueued(row.id, queue, True)
+    if stored.mode == MIGRATING:  # to rq: `jobfleet migrate` sends it after the switch
+        return Enqueued(row.id, queue, False)
     return Enqueued(row.id, queue, send(runtime, row))
 
 

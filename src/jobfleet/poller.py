@@ -45,8 +45,13 @@ class Poller:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run_once(self) -> bool:
-        """Claim and run one row; False when nothing was due."""
-        row = self.runtime.ledger.claim_next(self.queues, self.name)
+        """Claim and run one row of the queues stored in ``db`` mode; False when none was due."""
+        from jobfleet.modes import in_mode
+
+        queues = in_mode(self.runtime, self.queues, "db")  # never while a queue migrates
+        if not queues:
+            return False
+        row = self.runtime.ledger.claim_next(queues, self.name)
         if row is None:
             return False
         timeout = self.runtime.config.queues[row.queue].timeout

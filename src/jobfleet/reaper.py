@@ -93,9 +93,9 @@ def release(
 
 
 def _send(runtime: Runtime, row: JobRow) -> bool:
-    if row.mode == "db":
-        return runtime.ledger.set_dispatched(row.id, True)
-    return send(runtime, row)
+    from jobfleet.modes import route
+
+    return route(runtime, row)  # by the queue's stored mode, not the row's
 
 
 def reap(runtime: Runtime, grace: float = REDISPATCH_GRACE) -> ReapResult:
@@ -122,8 +122,15 @@ def redispatch(runtime: Runtime, result: ReapResult, grace: float = REDISPATCH_G
     now = utcnow()
     young = now - timedelta(seconds=grace)
     overdue = now - timedelta(seconds=runtime.config.orphan_after)
+    from jobfleet.modes import in_mode, modes
+
+    rq_queues = in_mode(runtime, sorted(modes(runtime)), "rq")  # never a migrating queue
     rows = runtime.ledger.select_rows(
-        jobs.c.status == "pending", jobs.c.mode == "rq", jobs.c.created_at <= young, limit=BATCH
+        jobs.c.status == "pending",
+        jobs.c.mode == "rq",
+        jobs.c.queue.in_(rq_queues),
+        jobs.c.created_at <= young,
+        limit=BATCH,
     )
     dispatched = [r for r in rows if r.dispatched]
     statuses = rq_statuses(runtime, [r.id for r in dispatched])

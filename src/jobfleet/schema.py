@@ -33,8 +33,8 @@ from sqlalchemy.engine import make_url
 
 from jobfleet.errors import UsageError
 
-SCHEMA_VERSION = 1
-"""The ledger schema this runtime writes; ``db init`` records it."""
+SCHEMA_VERSION = 2
+"""The ledger schema this runtime writes; ``db init`` records it (v2 adds queue modes)."""
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for the lock before giving up."""
@@ -72,6 +72,16 @@ jobs = Table(
     Index("ix_jobfleet_jobs_finished", "status", "finished_at"),
 )
 """One row per job. Every change of ``status`` goes through :mod:`jobfleet.ledger`."""
+
+queue_modes = Table(
+    "jobfleet_queue_modes",
+    metadata,
+    Column("queue", String(128), primary_key=True),
+    Column("mode", String(16), nullable=False),
+    Column("target", String(16)),
+    Column("updated_at", DateTime, nullable=False),
+)
+"""The stored dispatch mode of each queue (v2); see :mod:`jobfleet.modes`."""
 
 schema_version = Table(
     "jobfleet_schema",
@@ -143,7 +153,10 @@ def current_version(engine: Engine) -> int | None:
 
 
 def init_db(engine: Engine) -> bool:
-    """Create or upgrade the schema; return whether anything changed. Idempotent."""
+    """Create or upgrade the schema; return whether anything changed. Idempotent.
+
+    An upgrade only adds tables (v1 -> v2: ``jobfleet_queue_modes``), so it runs in place.
+    """
     found = current_version(engine)
     if found is not None and found > SCHEMA_VERSION:
         raise UsageError(

@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "startup-cleanup": "maintenance",
     "prune": "maintenance",
     "affected": "affected",
+    "queue": "queue",
+    "backup": "backup",
+    "migrate": "migrate",
 }
 
 

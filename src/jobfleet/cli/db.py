@@ -18,6 +18,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_init(args: argparse.Namespace) -> Output:
-    changed = init_db(runtime(args).ledger.engine)
+    from jobfleet.modes import seed
+
+    rt = runtime(args)
+    changed = init_db(rt.ledger.engine)
+    changed = bool(seed(rt.ledger.engine, rt.config)) or changed  # config seeds new queues only
     text = f"ledger schema version {SCHEMA_VERSION} " + ("created" if changed else "up to date")
     return Output({"schema_version": SCHEMA_VERSION, "changed": changed}, text)

@@ -1,0 +1,473 @@
+"""``jobfleet migrate rq-to-db`` and ``db-to-rq``: move waiting jobs, crash-safe, verified.
+
+rq-to-db, per queue: store ``migrating`` (target ``db``), then take the RQ queue list, the
+intermediate list and the scheduled and deferred registries from their head, a batch at a
+time. For each batch, one transaction turns every pending row into a ``db`` row and creates
+the rows RQ holds without one (plain RQ jobs: function, args and kwargs from the job hash,
+RQ's JSON serializer). Only after that commit do the jobs leave Redis. A kill -9 at any
+moment leaves each job in Redis, in the ledger, or both; a re-run (keyed by id) finishes
+with each job once. Then the queue is stored as ``db``, leftover pending rows (never
+dispatched, or lost by Redis) become ``db`` rows, and the counts are verified.
+
+db-to-rq is the reverse: the RQ job is created under the ledger id (a live one is kept, not
+duplicated), then the row becomes an ``rq`` row.
+
+``JOBFLEET_MIGRATE_PAUSE_AFTER=N`` (tests) makes the process sleep after N jobs are
+committed, before they leave their source, so a test can kill it there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, insert, select, update
+
+from jobfleet import modes
+from jobfleet.backup import rq_keys
+from jobfleet.dispatch import (
+    FAILURE_TTL,
+    LIVE_RQ_STATUSES,
+    RESULT_TTL,
+    encode_args,
+    normalise_func,
+    rq_func_name,
+    rq_statuses,
+)
+from jobfleet.schema import jobs, utcnow
+
+if TYPE_CHECKING:
+    from jobfleet.ledger import JobRow
+    from jobfleet.runtime import Runtime
+
+BATCH = 500
+"""Jobs per transaction and per Redis round trip (``JOBFLEET_MIGRATE_BATCH`` overrides)."""
+
+SOURCES = ("queued", "intermediate", "scheduled", "deferred")
+"""The RQ structures whose jobs are still waiting to run (``started`` ones are running)."""
+
+MAX_ROUNDS = 1_000_000
+"""A bound on batches per source, so a misbehaving Redis cannot loop us forever."""
+
+# Pop the head of a list when it is the expected id, else remove the id wherever it is.
+_REMOVE_LUA = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('LINDEX', KEYS[1], 0) == id then
+    redis.call('LPOP', KEYS[1]); n = n + 1
+  else
+    n = n + redis.call('LREM', KEYS[1], 1, id)
+  end
+end
+return n
+"""
+
+
+@dataclass
+class QueueReport:
+    """What a migration did to one queue, and whether its counts matched."""
+
+    queue: str
+    direction: str
+    before: int = 0
+    after: int = 0
+    moved: int = 0
+    created: int = 0
+    swept: int = 0
+    ran_meanwhile: int = 0
+    missing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    left_in_redis: int = 0
+    mode: str = ""
+    ok: bool = True
+
+
+def _batch() -> int:
+    return max(1, int(os.environ.get("JOBFLEET_MIGRATE_BATCH", BATCH)))
+
+
+class _Pause:
+    """The test hook: sleep (to be killed) once N jobs are committed."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get("JOBFLEET_MIGRATE_PAUSE_AFTER")
+        self.after = int(raw) if raw else None
+        self.done = 0
+
+    def committed(self, count: int) -> None:
+        self.done += count
+        if self.after is not None and self.done >= self.after:
+            print(f"jobfleet migrate: pausing after {self.done} jobs", flush=True)
+            time.sleep(3600)
+
+
+def pending_ids(runtime: Runtime, queue: str) -> Iterator[JobRow]:
+    """Every pending row of ``queue``, by id, in batches."""
+    from jobfleet.ledger import JobRow
+
+    last = ""
+    size = _batch()
+    while True:
+        query = (
+            select(jobs)
+            .where(jobs.c.queue == queue, jobs.c.status == "pending", jobs.c.id > last)
+            .order_by(jobs.c.id)
+            .limit(size)
+        )
+        with runtime.ledger.engine.connect() as conn:
+            rows = [JobRow.from_mapping(r._mapping) for r in conn.execute(query)]
+        yield from rows
+        if len(rows) < size:
+            return
+        last = rows[-1].id
+
+
+def _head(
+    runtime: Runtime, key: str, kind: str, skip: int, size: int
+) -> list[tuple[str, float | None]]:
+    redis = runtime.redis
+    if kind == "list":
+        return [(_s(v), None) for v in redis.lrange(key, skip, skip + size - 1)]
+    pairs: list[Any] = redis.zrange(key, skip, skip + size - 1, withscores=True)
+    return [(_s(v), float(sc)) for v, sc in pairs]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis_count(runtime: Runtime, queue: str) -> int:
+    keys = rq_keys(runtime, queue)
+    total = 0
+    for part in SOURCES:
+        key, kind = keys[part]
+        total += int(runtime.redis.llen(key) if kind == "list" else runtime.redis.zcard(key))
+    return total
+
+
+# -- rq -> db -------------------------------------------------------------------------
+def rq_to_db(
+    runtime: Runtime, queues: list[str], dry_run: bool = False, redis_lost: bool = False
+) -> list[QueueReport]:
+    for queue in queues:
+        runtime.config.queue(queue)  # unknown queue: one line, exit 2
+    pause = _Pause()
+    reports = []
+    for queue in queues:
+        if redis_lost:
+            reports.append(_rq_to_db_lost(runtime, queue, dry_run))
+        else:
+            reports.append(_rq_to_db_queue(runtime, queue, dry_run, pause))
+    return reports
+
+
+def _expected_rq(runtime: Runtime, queue: str) -> set[str]:
+    """Before: every job waiting in RQ plus every pending row (one set: ids, not sums)."""
+    from jobfleet.backup import scan_ids
+
+    ids = {row.id for row in pending_ids(runtime, queue)}
+    keys = rq_keys(runtime, queue)
+    for part in SOURCES:
+        key, kind = keys[part]
+        ids.update(job_id for job_id, _ in scan_ids(runtime.redis, key, kind))
+    return ids
+
+
+def _rq_to_db_queue(runtime: Runtime, queue: str, dry_run: bool, pause: _Pause) -> QueueReport:
+    report = QueueReport(queue, "rq-to-db")
+    expected = _expected_rq(runtime, queue)
+    report.before = len(expected)
+    if dry_run:
+        report.moved = _redis_count(runtime, queue)
+        report.mode = modes.mode_of(runtime, queue).mode
+        return report
+    if modes.mode_of(runtime, queue).mode != "db":
+        modes.store(runtime.ledger.engine, queue, modes.MIGRATING, "db")
+    keys = rq_keys(runtime, queue)
+    size = _batch()
+    for part in SOURCES:
+        key, kind = keys[part]
+        skip = 0  # unreadable jobs stay where they are (in order, at the front)
+        for _ in range(MAX_ROUNDS):
+            head = _head(runtime, key, kind, skip, size)
+            if not head:
+                break
+            unreadable = len(report.unreadable)
+            _commit_rq_batch(runtime, queue, head, report)
+            pause.committed(len(head))
+            kept = set(report.unreadable[unreadable:])
+            skip += len(kept)
+            gone = [job_id for job_id, _ in head if job_id not in kept]
+            if gone:
+                _remove(runtime, key, kind, gone)
+    modes.store(runtime.ledger.engine, queue, "db")
+    report.swept = _sweep(runtime, queue, "db", dispatched=True)
+    _verify(runtime, queue, expected, "db", report)
+    return report
+
+
+def _commit_rq_batch(
+    runtime: Runtime, queue: str, head: list[tuple[str, float | None]], report: QueueReport
+) -> None:
+    ids = [job_id for job_id, _ in head]
+    scores = dict(head)
+    with runtime.ledger.engine.connect() as conn:
+        found = dict(conn.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))).all())
+    new_rows = []
+    missing = [job_id for job_id in ids if job_id not in found]
+    if missing:
+        new_rows = _rows_from_rq(runtime, queue, missing, scores, report)
+    pending = [job_id for job_id in ids if found.get(job_id) == "pending"]
+    with runtime.ledger.engine.begin() as conn:
+        if new_rows:
+            conn.execute(insert(jobs), new_rows)
+        if pending:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(pending), jobs.c.status == "pending")
+                .values(mode="db", dispatched=True)
+            )
+    report.moved += len(pending) + len(new_rows)
+    report.created += len(new_rows)
+    # rows that are running or finished: the RQ copy is stale, the ledger owns the job
+
+
+def _rows_from_rq(
+    runtime: Runtime,
+    queue: str,
+    ids: list[str],
+    scores: dict[str, float | None],
+    report: QueueReport,
+) -> list[dict[str, Any]]:
+    """Ledger rows for jobs RQ holds without one (plain RQ, JSON serializer)."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    rows = []
+    settings = runtime.config.queue(queue)
+    fetched = Job.fetch_many(ids, connection=runtime.redis, serializer=JSONSerializer)
+    for job_id, job in zip(ids, fetched, strict=True):
+        try:
+            if job is None:
+                raise ValueError("no job hash")
+            name = normalise_func(str(job.func_name))
+            args_json, kwargs_json = encode_args(job.args, job.kwargs)
+        except Exception:  # no hash, pickled data, an instance method: left in Redis
+            report.unreadable.append(job_id)
+            continue
+        created = _naive(job.created_at) or utcnow()
+        score = scores.get(job_id)
+        rows.append(
+            {
+                "id": job_id,
+                "queue": queue,
+                "func": name,
+                "args": args_json,
+                "kwargs": kwargs_json,
+                "status": "pending",
+                "mode": "db",
+                "progress": 0.0,
+                "attempts": 0,
+                "max_attempts": settings.max_attempts,
+                "created_at": created,
+                "run_after": None if not score else _naive(datetime.fromtimestamp(score, UTC)),
+                "dispatched": True,
+            }
+        )
+    return rows
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _remove(runtime: Runtime, key: str, kind: str, ids: list[str]) -> None:
+    redis = runtime.redis
+    with redis.pipeline(transaction=True) as pipe:
+        if kind == "list":
+            pipe.eval(_REMOVE_LUA, 1, key, *ids)
+        else:
+            pipe.zrem(key, *ids)
+        pipe.delete(*[f"rq:job:{job_id}" for job_id in ids])
+        pipe.execute()
+
+
+def _sweep(runtime: Runtime, queue: str, mode: str, dispatched: bool) -> int:
+    """Pending rows of ``queue`` not yet in ``mode`` (never sent, or lost by Redis)."""
+    stmt = (
+        update(jobs)
+        .where(
+            jobs.c.queue == queue,
+            jobs.c.status == "pending",
+            (jobs.c.mode != mode) | (jobs.c.dispatched.is_(not dispatched)),
+        )
+        .values(mode=mode, dispatched=dispatched)
+    )
+    with runtime.ledger.engine.begin() as conn:
+        return int(conn.execute(stmt).rowcount)
+
+
+def _verify(
+    runtime: Runtime,
+    queue: str,
+    expected: set[str],
+    mode: str,
+    report: QueueReport,
+    redis_lost: bool = False,
+) -> None:
+    """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
+    ids = sorted(expected)
+    size = _batch()
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        query = select(jobs.c.id, jobs.c.status, jobs.c.mode).where(jobs.c.id.in_(chunk))
+        with runtime.ledger.engine.connect() as conn:
+            found = {r.id: (r.status, r.mode) for r in conn.execute(query)}
+        statuses = rq_statuses(runtime, chunk) if mode == "rq" else {}
+        for job_id in chunk:
+            status, row_mode = found.get(job_id, (None, None))
+            if status is None:
+                if job_id not in report.unreadable:
+                    report.missing.append(job_id)
+            elif status != "pending":
+                report.ran_meanwhile += 1
+            elif row_mode != mode or (
+                mode == "rq" and statuses.get(job_id) not in LIVE_RQ_STATUSES
+            ):
+                report.missing.append(job_id)
+            else:
+                report.after += 1
+    if mode == "db" and not redis_lost:
+        report.left_in_redis = _redis_count(runtime, queue)
+    report.mode = modes.mode_of(runtime, queue).mode
+    report.ok = not report.missing and not report.unreadable and report.left_in_redis == 0
+
+
+def _rq_to_db_lost(runtime: Runtime, queue: str, dry_run: bool) -> QueueReport:
+    """Redis is gone: switch from the ledger alone; name the rows RQ may have held."""
+    report = QueueReport(queue, "rq-to-db")
+    expected = {row.id for row in pending_ids(runtime, queue)}
+    report.before = len(expected)
+    doubtful = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.queue == queue,
+            jobs.c.mode != "db",
+            (jobs.c.status == "running") | ((jobs.c.status == "pending") & jobs.c.dispatched),
+        )
+        .order_by(jobs.c.id)
+    )
+    with runtime.ledger.engine.connect() as conn:
+        report.unconfirmed = list(conn.execute(doubtful).scalars())
+    if dry_run:
+        report.mode = modes.mode_of(runtime, queue).mode
+        return report
+    modes.store(runtime.ledger.engine, queue, modes.MIGRATING, "db")
+    report.moved = _sweep(runtime, queue, "db", dispatched=True)
+    modes.store(runtime.ledger.engine, queue, "db")
+    report.swept = _sweep(runtime, queue, "db", dispatched=True)
+    _verify(runtime, queue, expected, "db", report, redis_lost=True)
+    return report
+
+
+# -- db -> rq -------------------------------------------------------------------------
+def db_to_rq(runtime: Runtime, queues: list[str], dry_run: bool = False) -> list[QueueReport]:
+    for queue in queues:
+        runtime.config.queue(queue)
+    runtime.redis.ping()  # fail with one line before anything changes
+    pause = _Pause()
+    return [_db_to_rq_queue(runtime, queue, dry_run, pause) for queue in queues]
+
+
+def _db_to_rq_queue(runtime: Runtime, queue: str, dry_run: bool, pause: _Pause) -> QueueReport:
+    report = QueueReport(queue, "db-to-rq")
+    expected = {row.id for row in pending_ids(runtime, queue)}
+    report.before = len(expected)
+    if dry_run:
+        report.moved = sum(1 for r in pending_ids(runtime, queue) if not _in_rq(r))
+        report.mode = modes.mode_of(runtime, queue).mode
+        return report
+    if modes.mode_of(runtime, queue).mode != "rq":
+        modes.store(runtime.ledger.engine, queue, modes.MIGRATING, "rq")
+    _send_pending(runtime, queue, report, pause)
+    modes.store(runtime.ledger.engine, queue, "rq")
+    before = report.moved
+    _send_pending(runtime, queue, report, pause)  # rows enqueued while it was migrating
+    report.swept = report.moved - before
+    _verify(runtime, queue, expected, "rq", report)
+    return report
+
+
+def _in_rq(row: JobRow) -> bool:
+    return row.mode == "rq" and row.dispatched
+
+
+def _send_pending(runtime: Runtime, queue: str, report: QueueReport, pause: _Pause) -> None:
+    batch: list[JobRow] = []
+    for row in pending_ids(runtime, queue):
+        if _in_rq(row):
+            continue
+        batch.append(row)
+        if len(batch) >= _batch():
+            _send_batch(runtime, queue, batch, report, pause)
+            batch = []
+    if batch:
+        _send_batch(runtime, queue, batch, report, pause)
+
+
+def _send_batch(
+    runtime: Runtime, queue: str, rows: list[JobRow], report: QueueReport, pause: _Pause
+) -> None:
+    """Create the RQ jobs (a live one under the same id is kept), then switch the rows."""
+    from rq import Queue
+
+    rq_queue = runtime.rq_queue(queue)
+    timeout = runtime.config.queue(queue).timeout
+    statuses = rq_statuses(runtime, [r.id for r in rows])
+    fresh = [r for r in rows if statuses.get(r.id) not in LIVE_RQ_STATUSES]
+    if fresh:
+        with runtime.redis.pipeline() as pipe:
+            stale = [f"rq:job:{r.id}" for r in fresh if statuses.get(r.id) is not None]
+            if stale:
+                pipe.delete(*stale)
+            datas = []
+            for row in fresh:
+                args, kwargs = row.call_args()
+                datas.append(
+                    Queue.prepare_data(
+                        rq_func_name(row.func),
+                        args=args,
+                        kwargs=kwargs,
+                        timeout=timeout,
+                        result_ttl=RESULT_TTL,
+                        failure_ttl=FAILURE_TTL,
+                        description=f"jobfleet {row.func}",
+                        job_id=row.id,
+                    )
+                )
+            rq_queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+    pause.committed(len(rows))
+    ids = [r.id for r in rows]
+    with runtime.ledger.engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.status == "pending")
+            .values(mode="rq", dispatched=True)
+        )
+    report.moved += len(rows)
+
+
+def pending_count(runtime: Runtime, queue: str, mode: str) -> int:
+    query = select(func.count()).where(
+        jobs.c.queue == queue, jobs.c.status == "pending", jobs.c.mode == mode
+    )
+    with runtime.ledger.engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
