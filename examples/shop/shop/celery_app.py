@@ -5,6 +5,9 @@ through the same ledger as the RQ workers' jobs; enqueue them on a queue in mode
 ``celery``::
 
     jobfleet enqueue shop.celery_app:rebuild_catalog 10 1.0 --queue catalog
+
+It needs Celery in the release (``jobfleet[celery]``): the wheelhouse is installed offline
+from requirements.lock, so Celery and its dependencies must be pinned there first.
 """
 
 from __future__ import annotations
