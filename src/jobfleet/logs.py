@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from jobfleet.errors import redact
+
+if TYPE_CHECKING:
+    from jobfleet.ledger import JobRow
 
 EVENTS = (
     "JOB_START",
@@ -69,3 +72,20 @@ def emit(event: str, stream: IO[str] | None = None, **fields: Any) -> None:
     with _lock:
         out.write(line + "\n")
         out.flush()
+
+
+def emit_row(
+    event: str, row: JobRow, worker: str | None, stream: IO[str] | None = None, **fields: Any
+) -> None:
+    """Write one event line about ``row``: its id, queue, function and attempt count."""
+    emit(
+        event,
+        stream=stream,
+        job_id=row.id,
+        queue=row.queue,
+        func=row.func,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        worker=worker,
+        **fields,
+    )

@@ -42,17 +42,7 @@ class ReapResult:
 
 
 def _log(runtime: Runtime, event: str, row: JobRow, **fields: object) -> None:
-    logs.emit(
-        event,
-        stream=runtime.stream,
-        job_id=row.id,
-        queue=row.queue,
-        func=row.func,
-        attempt=row.attempts,
-        max_attempts=row.max_attempts,
-        worker=row.worker,
-        **fields,
-    )
+    logs.emit_row(event, row, row.worker, stream=runtime.stream, **fields)
 
 
 def release(

@@ -124,17 +124,7 @@ class JobRunner:
         self.runtime, self.worker, self.mode = runtime, worker, mode
 
     def log(self, event: str, row: JobRow, **fields: Any) -> None:
-        logs.emit(
-            event,
-            stream=self.runtime.stream,
-            job_id=row.id,
-            queue=row.queue,
-            func=row.func,
-            attempt=row.attempts,
-            max_attempts=row.max_attempts,
-            worker=self.worker,
-            **fields,
-        )
+        logs.emit_row(event, row, self.worker, stream=self.runtime.stream, **fields)
 
     def claim(self, job_id: str) -> JobRow | None:
         """RQ mode: pending -> running by id; None (and one log line) when it cannot run."""
