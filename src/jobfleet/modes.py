@@ -163,7 +163,12 @@ def set_row_mode(runtime: Runtime, job_id: str, mode: str, dispatched: bool) -> 
 
 
 def route(runtime: Runtime, row: JobRow) -> bool:
-    """Dispatch a pending row (a requeued orphan) by its queue's stored mode."""
+    """Dispatch a pending row (a requeued orphan, an operator retry) by its queue's stored
+    mode, as enqueue does: ``db`` (or migrating to it) makes it a dispatched db row;
+    migrating to ``rq`` keeps it pending and unsent (the migration sends it); ``rq`` and
+    ``celery`` send it there. Returns whether it is dispatched."""
+    from dataclasses import replace
+
     from jobfleet.dispatch import send
 
     current = mode_of(runtime, row.queue)
@@ -171,7 +176,9 @@ def route(runtime: Runtime, row: JobRow) -> bool:
     if target == "db":
         return set_row_mode(runtime, row.id, "db", True)
     if current.mode == MIGRATING:  # to rq: the migration (or the reaper after it) sends it
-        return set_row_mode(runtime, row.id, target, False)
+        set_row_mode(runtime, row.id, target, False)
+        return False
     if row.mode != target:
         set_row_mode(runtime, row.id, target, False)
+        row = replace(row, mode=target, dispatched=False)  # send() picks RQ or Celery by mode
     return send(runtime, row)

@@ -7,8 +7,8 @@ from typing import Any
 
 from jobfleet.cli import Output
 from jobfleet.cli._common import ready
-from jobfleet.dispatch import send
 from jobfleet.ledger import JobRow
+from jobfleet.modes import route
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     for name, helptext, handler in (
         ("show", "print the job's ledger row", run_show),
-        ("retry", "send a finished job again with a fresh attempt budget", run_retry),
+        ("retry", "run a finished job again (fresh attempt budget, its queue's mode)", run_retry),
         ("cancel", "cancel a pending or running job", run_cancel),
     ):
         action = sub.add_parser(name, parents=[common], help=helptext)
@@ -37,10 +37,7 @@ def run_show(args: argparse.Namespace) -> Output:
 def run_retry(args: argparse.Namespace) -> Output:
     rt = ready(args)
     row = rt.ledger.operator_retry(args.job_id)
-    if row.mode == "rq":
-        send(rt, row)
-    else:
-        rt.ledger.set_dispatched(row.id, True)
+    route(rt, row)  # by the queue's stored mode, as enqueue does
     return _output(rt.ledger.require(row.id))
 
 
