@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +303,47 @@ def test_poller_follows_stored_modes_per_queue(
     assert rt.redis.llen(rt.rq_queue("b").key) == 1 and rt.redis.llen(rt.rq_queue("a").key) == 0
     assert _drain_db(rt, ["a", "b"]) == 1
     wait_for(lambda: _runs(side) == Counter({"on-a": 1}), 5, "the db job")
+
+
+def test_db_to_rq_schedules_rows_due_later_once(
+    make_config: ConfigFactory, db_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from jobfleet.schema import jobs
+    from jobfleet.worker import JobfleetWorker
+
+    queues = {"a": {"mode": "db", "max_attempts": 3, "timeout": 60}}
+    cfg = make_config(db_url, redis_url, queues=queues)
+    rt = _rt(cfg)
+    side = tmp_path / "side"
+    for n in range(4):
+        enqueue(rt, "jobhelpers:record", [str(side), f"s{n}"], queue="a", job_id=f"s{n}")
+    later = (utcnow() + timedelta(seconds=3)).replace(microsecond=0)
+    past = utcnow() - timedelta(seconds=30)  # a backoff already over: due now
+    with rt.ledger.engine.begin() as conn:  # retries waiting out their backoff
+        conn.execute(jobs.update().where(jobs.c.id.in_(["s0", "s1"])).values(run_after=later))
+        conn.execute(jobs.update().where(jobs.c.id == "s2").values(run_after=past))
+    [report] = db_to_rq(rt, ["a"])
+    assert report.ok and (report.after, report.scheduled) == (4, 2), report
+    queue = rt.rq_queue("a")
+    assert sorted(queue.job_ids) == ["s2", "s3"]  # due now: on the queue
+    registry = queue.scheduled_job_registry
+    assert sorted(registry.get_job_ids()) == ["s0", "s1"]  # due later: scheduled, at its time
+    for job_id in ("s0", "s1"):
+        assert registry.get_expiration_time(queue.fetch_job(job_id)) == later.replace(tzinfo=UTC)
+        assert queue.fetch_job(job_id).get_status() == "scheduled"
+    # a crash after the RQ push, before the rows switched: the re-run must not duplicate
+    with rt.ledger.engine.begin() as conn:
+        conn.execute(jobs.update().values(mode="db", dispatched=True))
+    modes.store(rt.ledger.engine, "a", "migrating", "rq")
+    [again] = db_to_rq(rt, ["a"])
+    assert again.ok and again.after == 4 and again.scheduled == 0, again
+    assert sorted(queue.job_ids) == ["s2", "s3"]
+    assert sorted(registry.get_job_ids()) == ["s0", "s1"]
+    JobfleetWorker(rt, ["a"], "w").work(burst=True)  # runs only what is due
+    assert _runs(side) == Counter({"s2": 1, "s3": 1})
+    assert rt.ledger.require("s0").status == "pending"
+    wait_for(lambda: utcnow() > later + timedelta(seconds=1), 10, "the scheduled time")
+    JobfleetWorker(rt, ["a"], "w2").work(burst=True, with_scheduler=True)
+    runs = _runs(side)
+    assert runs == Counter({"s0": 1, "s1": 1, "s2": 1, "s3": 1}), runs
+    assert rt.ledger.counts() == {"a": {"completed": 4}}

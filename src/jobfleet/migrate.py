@@ -80,6 +80,7 @@ class QueueReport:
     after: int = 0
     moved: int = 0
     created: int = 0
+    scheduled: int = 0
     swept: int = 0
     ran_meanwhile: int = 0
     missing: list[str] = field(default_factory=list)
@@ -518,13 +519,20 @@ def _send_pending(runtime: Runtime, queue: str, report: QueueReport, pause: _Pau
 def _send_batch(
     runtime: Runtime, queue: str, rows: list[JobRow], report: QueueReport, pause: _Pause
 ) -> None:
-    """Create the RQ jobs (a live one under the same id is kept), then switch the rows."""
+    """Create the RQ jobs (a live one under the same id is kept), then switch the rows.
+
+    A row due later (``run_after`` in the future: a retry waiting out its backoff) goes to
+    RQ's scheduled registry with that time, as ``Queue.enqueue_at`` does, not onto the
+    queue; RQ's scheduler (run by every ``jobfleet worker``) queues it when it is due.
+    """
     from rq import Queue
+    from rq.job import JobStatus
 
     rq_queue = runtime.rq_queue(queue)
     timeout = runtime.config.queue(queue).timeout
     statuses = rq_statuses(runtime, [r.id for r in rows])
     fresh = [r for r in rows if statuses.get(r.id) not in LIVE_RQ_STATUSES]
+    now = utcnow()
     if fresh:
         with runtime.redis.pipeline() as pipe:
             stale = [f"rq:job:{r.id}" for r in fresh if statuses.get(r.id) is not None]
@@ -533,19 +541,35 @@ def _send_batch(
             datas = []
             for row in fresh:
                 args, kwargs = row.call_args()
-                datas.append(
-                    Queue.prepare_data(
-                        rq_func_name(row.func),
-                        args=args,
-                        kwargs=kwargs,
-                        timeout=timeout,
-                        result_ttl=RESULT_TTL,
-                        failure_ttl=FAILURE_TTL,
-                        description=f"jobfleet {row.func}",
-                        job_id=row.id,
-                    )
+                data = Queue.prepare_data(
+                    rq_func_name(row.func),
+                    args=args,
+                    kwargs=kwargs,
+                    timeout=timeout,
+                    result_ttl=RESULT_TTL,
+                    failure_ttl=FAILURE_TTL,
+                    description=f"jobfleet {row.func}",
+                    job_id=row.id,
                 )
-            rq_queue.enqueue_many(datas, pipeline=pipe)
+                if row.run_after is None or row.run_after <= now:
+                    datas.append(data)
+                    continue
+                job = rq_queue.create_job(
+                    data.func,
+                    args=data.args,
+                    kwargs=data.kwargs,
+                    timeout=data.timeout,
+                    result_ttl=data.result_ttl,
+                    failure_ttl=data.failure_ttl,
+                    description=data.description,
+                    job_id=data.job_id,
+                    status=JobStatus.SCHEDULED,
+                )
+                # the ledger holds naive UTC; RQ reads a naive time as local time
+                rq_queue.schedule_job(job, row.run_after.replace(tzinfo=UTC), pipeline=pipe)
+                report.scheduled += 1
+            if datas:
+                rq_queue.enqueue_many(datas, pipeline=pipe)
             pipe.execute()
     pause.committed(len(rows))
     ids = [r.id for r in rows]

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> Output:
         line = f"{r.queue}: before {r.before}, after {r.after}, moved {r.moved}"
         if r.created:
             line += f", created {r.created}"
+        if r.scheduled:
+            line += f", scheduled {r.scheduled}"
         if r.ran_meanwhile:
             line += f", ran meanwhile {r.ran_meanwhile}"
         if r.unconfirmed:
