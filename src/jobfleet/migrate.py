@@ -18,6 +18,7 @@ committed, before they leave their source, so a test can kill it there.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -26,7 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, insert, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    any_,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from jobfleet import modes
 from jobfleet.backup import rq_keys
@@ -111,15 +122,25 @@ class _Pause:
 
 
 def is_pending(engine: Engine) -> ColumnElement[bool]:
-    """``status = 'pending'`` as a filter on rows found by id.
+    """``status = 'pending'`` as a filter on rows found by id, never as an index lookup.
 
-    On SQLite the term is written ``+status``: without statistics SQLite's planner prefers
-    an index that starts with ``status`` over the primary key, and so walks every pending
-    row of the table for each batch (quadratic). The unary ``+`` keeps it on the key.
+    Written ``status || '' = 'pending'``: right after a bulk load (no statistics yet) both
+    SQLite and PostgreSQL prefer an index that starts with ``status`` over the primary key
+    for ``id IN (...) AND status = 'pending'``, and so walk every pending row of the table
+    for each batch (quadratic). An expression no index covers keeps them on the key.
     """
-    if engine.dialect.name == "sqlite":
-        return literal_column(f"+{jobs.name}.status") == "pending"
-    return jobs.c.status == "pending"
+    del engine  # the same expression on every backend
+    return (jobs.c.status + "") == "pending"
+
+
+def id_in(engine: Engine, ids: list[str]) -> ColumnElement[bool]:
+    """``id IN (ids)`` with the ids as one parameter (a JSON array on SQLite, a text array
+    on PostgreSQL): a batch of thousands of ids is one short, cached statement, not
+    thousands of placeholders to render and parse per batch."""
+    if engine.dialect.name == "postgresql":
+        return jobs.c.id == any_(literal(ids, ARRAY(String)))
+    each = func.json_each(json.dumps(ids)).table_valued("value")
+    return jobs.c.id.in_(select(each.c.value))
 
 
 def pending_ids(runtime: Runtime, queue: str) -> Iterator[JobRow]:
@@ -131,24 +152,17 @@ def pending_ids(runtime: Runtime, queue: str) -> Iterator[JobRow]:
 
 
 def _pending_batches(runtime: Runtime, queue: str, columns: list[Any]) -> Iterator[list[Any]]:
-    """The pending rows of ``queue`` (the given columns), a batch at a time, by id."""
+    """The pending rows of ``queue`` (the given columns), a batch at a time, by id.
+
+    One streamed query (a server-side cursor on PostgreSQL), not one query per batch:
+    without statistics a query per batch may sort every pending row each time.
+    """
     engine = runtime.ledger.engine
-    last = ""
-    size = _batch()
-    while True:
-        query = (
-            select(*columns)
-            .where(jobs.c.queue == queue, is_pending(engine), jobs.c.id > last)
-            .order_by(jobs.c.id)
-            .limit(size)
-        )
-        with engine.connect() as conn:
-            rows = [r._mapping for r in conn.execute(query)]
-        if rows:
-            yield rows
-        if len(rows) < size:
-            return
-        last = rows[-1]["id"]
+    query = select(*columns).where(jobs.c.queue == queue, is_pending(engine)).order_by(jobs.c.id)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=_batch()).execute(query)
+        for part in result.mappings().partitions():
+            yield list(part)
 
 
 class IdSet:
@@ -297,27 +311,26 @@ def _commit_rq_batch(
     """One transaction: the batch's pending rows become ``db`` rows, missing rows are made.
 
     Rows that are running or finished are left alone: the RQ copy is stale, the ledger
-    owns the job.
+    owns the job. Only when the UPDATE did not switch the whole batch are its ids looked
+    up, to find the jobs RQ holds without a row.
     """
     engine = runtime.ledger.engine
     ids = [job_id for job_id, _ in head]
     switch = (
         update(jobs)
-        .where(jobs.c.id.in_(ids), is_pending(engine))
+        .where(id_in(engine, ids), is_pending(engine))
         .values(mode="db", dispatched=True)
-        .returning(jobs.c.id)
     )
     with engine.begin() as conn:
-        switched = set(conn.execute(switch).scalars())
-        rest = [job_id for job_id in ids if job_id not in switched]
-        found = set()
-        if rest:
-            found = set(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(rest))).scalars())
-        missing = [job_id for job_id in rest if job_id not in found]
+        switched = int(conn.execute(switch).rowcount)
+        missing: list[str] = []
+        if switched < len(ids):
+            found = set(conn.execute(select(jobs.c.id).where(id_in(engine, ids))).scalars().all())
+            missing = [job_id for job_id in ids if job_id not in found]
         new_rows = _rows_from_rq(runtime, queue, missing, dict(head), report) if missing else []
         if new_rows:
             conn.execute(insert(jobs), new_rows)
-    report.moved += len(switched) + len(new_rows)
+    report.moved += switched + len(new_rows)
     report.created += len(new_rows)
 
 
@@ -409,27 +422,54 @@ def _verify(
     """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
     unreadable = set(report.unreadable)
     for chunk in expected.chunks(_batch()):
-        query = select(jobs.c.id, jobs.c.status, jobs.c.mode).where(jobs.c.id.in_(chunk))
-        with runtime.ledger.engine.connect() as conn:
-            found = {r.id: (r.status, r.mode) for r in conn.execute(query)}
-        statuses = rq_statuses(runtime, chunk) if mode == "rq" else {}
-        for job_id in chunk:
-            status, row_mode = found.get(job_id, (None, None))
-            if status is None:
-                if job_id not in unreadable:
-                    report.missing.append(job_id)
-            elif status != "pending":
-                report.ran_meanwhile += 1
-            elif row_mode != mode or (
-                mode == "rq" and statuses.get(job_id) not in LIVE_RQ_STATUSES
-            ):
-                report.missing.append(job_id)
-            else:
-                report.after += 1
+        if mode == "db" and _verify_counts(runtime, chunk, report):
+            continue
+        _verify_ids(runtime, chunk, mode, unreadable, report)
     if mode == "db" and not redis_lost:
         report.left_in_redis = _redis_count(runtime, queue)
     report.mode = modes.mode_of(runtime, queue).mode
     report.ok = not report.missing and not report.unreadable and report.left_in_redis == 0
+
+
+def _verify_counts(runtime: Runtime, chunk: list[str], report: QueueReport) -> bool:
+    """Verify a chunk by counts alone when every id is a pending ``db`` row or has run
+    since (the usual case); False when some id needs a closer look."""
+    engine = runtime.ledger.engine
+    query = (
+        select(jobs.c.status, jobs.c.mode, func.count())
+        .where(id_in(engine, chunk))
+        .group_by(jobs.c.status, jobs.c.mode)
+    )
+    with engine.connect() as conn:
+        groups = conn.execute(query).all()
+    ready = sum(n for status, mode, n in groups if status == "pending" and mode == "db")
+    ran = sum(n for status, _, n in groups if status != "pending")
+    if ready + ran != len(chunk):
+        return False
+    report.after += ready
+    report.ran_meanwhile += ran
+    return True
+
+
+def _verify_ids(
+    runtime: Runtime, chunk: list[str], mode: str, unreadable: set[str], report: QueueReport
+) -> None:
+    engine = runtime.ledger.engine
+    query = select(jobs.c.id, jobs.c.status, jobs.c.mode).where(id_in(engine, chunk))
+    with engine.connect() as conn:
+        found = {i: (st, md) for i, st, md in conn.execute(query).all()}
+    statuses = rq_statuses(runtime, chunk) if mode == "rq" else {}
+    for job_id in chunk:
+        status, row_mode = found.get(job_id, (None, None))
+        if status is None:
+            if job_id not in unreadable:
+                report.missing.append(job_id)
+        elif status != "pending":
+            report.ran_meanwhile += 1
+        elif row_mode != mode or (mode == "rq" and statuses.get(job_id) not in LIVE_RQ_STATUSES):
+            report.missing.append(job_id)
+        else:
+            report.after += 1
 
 
 def _rq_to_db_lost(runtime: Runtime, queue: str, dry_run: bool) -> QueueReport:
@@ -577,7 +617,7 @@ def _send_batch(
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(ids), is_pending(engine))
+            .where(id_in(engine, ids), is_pending(engine))
             .values(mode="rq", dispatched=True)
         )
     report.moved += len(rows)
