@@ -1,11 +1,18 @@
 """The pipe pair between an RQ worker process and its work horse, for one job.
 
-The horse sends JSON lines: ``{"progress": P}`` and, once, ``{"outcome": ...}``. A reader
-thread in the worker writes each to the ledger (on the worker's warm connection) and
-answers the outcome with what the ledger recorded (``success``, ``retry``, ``failed`` or
-``dropped``); the horse waits for that answer before it hands the result to RQ, so RQ
-never requeues a retry before the ledger row is pending again. The worker also
-heartbeats the row while the horse lives.
+The horse sends JSON lines: ``{"progress": P}`` and, once, the outcome. A reader thread
+in the worker writes each to the ledger (on the worker's warm connection) and answers a
+failure with what the ledger recorded (``retry``, ``failed`` or ``dropped``); the horse
+waits for that answer before it hands the result to RQ, so RQ never requeues a retry
+before the ledger row is pending again.
+
+A success is not answered: the horse hands its result to RQ at once while the worker
+completes the row. This is safe because the worker writes the row before it takes its
+next job (:meth:`HorseChannel.close` waits for the reader), the heartbeat keeps the row
+fresh until then, and the UPDATE is conditional on this worker's attempt, so the row
+ends ``completed`` once. If the worker dies between the horse's exit and that write,
+the row is left ``running`` with a heartbeat that stops: the reaper requeues it, exactly
+as when a worker dies during a job (the job then runs again; jobs are at least once).
 """
 
 from __future__ import annotations
@@ -66,8 +73,9 @@ class HorseChannel:
             kind = self.runner.record(self.row, judgement, int(message["duration_ms"]))
         except Exception:  # the database is gone: the reaper will requeue the row later
             kind = "dropped"
-        with contextlib.suppress(OSError):
-            os.write(self.down_write, kind.encode() + b"\n")
+        if judgement is not None:  # a success is not answered (see the module docstring)
+            with contextlib.suppress(OSError):
+                os.write(self.down_write, kind.encode() + b"\n")
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until the horse's messages are recorded (the horse has exited)."""
@@ -99,9 +107,12 @@ class HorseChannel:
         self.send({"progress": percent})
 
     def report(self, judgement: Judgement | None, duration_ms: int) -> str:
-        """Send the outcome; return what the worker recorded (``dropped`` if it is gone)."""
+        """Send the outcome; for a failure, return what the worker recorded (``dropped``
+        if it is gone). A success returns ``success`` at once; the worker records it."""
         raw = None if judgement is None else asdict(judgement)
         self.send({"judgement": raw, "duration_ms": duration_ms})
+        if judgement is None:
+            return "success"
         answer = b""
         while not answer.endswith(b"\n"):
             chunk = _read_some(self.down_read)
