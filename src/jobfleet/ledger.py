@@ -134,6 +134,11 @@ class Ledger:
             self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- reads -----------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def get(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
