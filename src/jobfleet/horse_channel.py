@@ -80,6 +80,7 @@ class HorseChannel:
         self.open_fds = {self.up_read, self.up_write, self.down_read, self.down_write}
         self.reader: threading.Thread | None = None
         self.heartbeat: Heartbeat | None = None
+        self.recording = False
 
     # -- worker side ---------------------------------------------------------------
     def worker_after_fork(self) -> None:
@@ -108,7 +109,11 @@ class HorseChannel:
             return
         raw = message.get("judgement")
         judgement = None if raw is None else Judgement(**raw)
-        kind = self._record(judgement, int(message["duration_ms"]))
+        self.recording = True
+        try:
+            kind = self._record(judgement, int(message["duration_ms"]))
+        finally:
+            self.recording = False
         if judgement is not None:  # a success is not answered (see the module docstring)
             with contextlib.suppress(OSError):
                 os.write(self.down_write, kind.encode() + b"\n")
@@ -137,10 +142,19 @@ class HorseChannel:
                 _say(f"the ledger answers again; job {self.row.id} recorded as {kind}")
             return kind
 
-    def drain(self) -> None:
-        """Wait until the horse's messages are recorded (the horse has exited)."""
-        if self.reader is not None:
-            self.reader.join()
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until the horse's messages are recorded (the horse has exited).
+
+        An outcome being written is always waited for; otherwise the wait ends after
+        ``timeout`` seconds (a process the job forked may still hold the pipe open).
+        """
+        if self.reader is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self.reader.is_alive():
+            self.reader.join(0.5)
+            if not self.recording and time.monotonic() > deadline:
+                return
 
     def close(self) -> None:
         self.drain()
