@@ -111,8 +111,8 @@ def test_ledger_outage_loses_no_job_runs_none_twice_and_the_worker_recovers(
             pg.create_database("outage"), redis_url, orphan_after=2, heartbeat_interval=0.5
         )
         rt = Runtime.from_path(str(cfg))
-        side = tmp_path / "side"
-        running = enqueue(rt, "jobhelpers:slow", [str(side), "a", 3.0])
+        side, gate = tmp_path / "side", tmp_path / "gate"
+        running = enqueue(rt, "jobhelpers:gated", [str(side), "a", str(gate)])
         w1 = procs.worker(cfg, "w1")
         wait_for(lambda: any(x.startswith("start a") for x in _lines(side)), 30, "job a")
         w2 = procs.worker(cfg, "w2")
@@ -131,6 +131,8 @@ def test_ledger_outage_loses_no_job_runs_none_twice_and_the_worker_recovers(
             wait_for(
                 lambda: "put back on queue default" in procs.output(w2), 30, "w2 to give b back"
             )
+            assert "done a" not in _lines(side)
+            gate.touch()  # job a ends while the ledger is down
             wait_for(lambda: "done a" in _lines(side), 30, "job a to end")
             wait_for(lambda: "outcome of job" in procs.output(w1), 30, "w1 to keep a's outcome")
             time.sleep(rt.config.orphan_after + 1)  # a's heartbeat goes stale in the ledger
