@@ -42,6 +42,36 @@ def sleep_job(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def write_config(
+    path: Path,
+    database_url: str,
+    redis_url: str | None = None,
+    queues: dict[str, dict[str, Any]] | None = None,
+    init: bool = True,
+    **settings: Any,
+) -> Path:
+    """Write a jobfleet config file (and, with ``init``, run ``db init`` on its ledger)."""
+    import yaml
+
+    raw: dict[str, Any] = {"database_url": database_url, **settings}
+    if redis_url is not None:
+        raw["redis_url"] = redis_url
+    if queues is not None:
+        raw["queues"] = queues
+    path.write_text(yaml.safe_dump(raw))
+    if init:
+        from jobfleet.runtime import Runtime
+        from jobfleet.schema import init_db
+
+        init_db(Runtime.from_path(str(path)).ledger.engine)
+    return path
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: report them)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def quick() -> bool:
     return "--quick" in sys.argv or os.environ.get("JOBFLEET_BENCH_QUICK") == "1"
 

@@ -16,8 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from _servers import BIN, kill_tree, median, quick, redis_server, start, wait_for
+from _servers import (
+    BIN,
+    kill_tree,
+    loadavg,
+    median,
+    quick,
+    redis_server,
+    start,
+    wait_for,
+    write_config,
+)
 
 REAP_EVERY = 10.0
 
@@ -62,23 +71,15 @@ def one_round(config: Path, number: int) -> float:
 def main() -> int:
     rounds = 2 if quick() else 5
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis:
-        config = Path(tmp) / "jobfleet.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "redis_url": redis.url,
-                    "database_url": f"sqlite:///{tmp}/ledger.db",
-                    "queues": {"default": {"mode": "rq", "max_attempts": 3, "timeout": 600}},
-                }
-            )
+        config = write_config(
+            Path(tmp) / "jobfleet.yml",
+            f"sqlite:///{tmp}/ledger.db",
+            redis.url,
+            {"default": {"mode": "rq", "max_attempts": 3, "timeout": 600}},
         )
-        from jobfleet.runtime import Runtime
-        from jobfleet.schema import init_db
-
-        init_db(Runtime.from_path(str(config)).ledger.engine)
         print(
             f"orphan: {rounds} rounds of kill -9 mid-job (heartbeat 5 s, orphan_after 15 s, "
-            f"reaper every {REAP_EVERY:.0f} s)",
+            f"reaper every {REAP_EVERY:.0f} s); loadavg {loadavg()}",
             flush=True,
         )
         times = []

@@ -11,8 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from _servers import BIN, postgres_server, quick, redis_server, span, start, wait_all
+from _servers import (
+    BIN,
+    loadavg,
+    postgres_server,
+    quick,
+    redis_server,
+    span,
+    start,
+    wait_all,
+    write_config,
+)
 from throughput import plain_rq
 
 POLLERS = 2
@@ -22,21 +31,15 @@ QUEUE = "bench"
 def pollers(database_url: str, jobs: int, workdir: Path) -> float:
     from jobfleet.dispatch import encode_args
     from jobfleet.runtime import Runtime
-    from jobfleet.schema import init_db
     from jobfleet.schema import jobs as table
 
-    config = workdir / f"poll-{database_url.split(':')[0]}.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "database_url": database_url,
-                "poll_interval": 0.2,
-                "queues": {QUEUE: {"mode": "db", "max_attempts": 3, "timeout": 60}},
-            }
-        )
+    config = write_config(
+        workdir / f"poll-{database_url.split(':')[0]}.yml",
+        database_url,
+        queues={QUEUE: {"mode": "db", "max_attempts": 3, "timeout": 60}},
+        poll_interval=0.2,
     )
     runtime = Runtime.from_path(str(config))
-    init_db(runtime.ledger.engine)
     args, kwargs = encode_args([], {})
     for n in range(jobs):
         runtime.ledger.insert(f"p{n}", QUEUE, "_servers:noop", args, kwargs, "db", 3)
@@ -69,10 +72,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis, postgres_server() as pg:
         workdir = Path(tmp)
         print(
-            f"poller: {jobs} no-op jobs, {POLLERS} pollers vs {POLLERS} plain RQ workers",
+            f"poller: {jobs} no-op jobs, {POLLERS} pollers vs {POLLERS} plain RQ workers; "
+            f"loadavg {loadavg()}",
             flush=True,
         )
-        base = plain_rq(redis.url, jobs)
+        done, seconds = plain_rq(redis.url, jobs)
+        base = done / seconds
         rows = [
             ("plain RQ (2 workers)", base),
             ("pollers + SQLite", pollers(f"sqlite:///{workdir}/l.db", jobs, workdir)),

@@ -86,3 +86,13 @@ def flaky_once(path: str) -> str:
         return "ok"
     _append(path, "first")
     raise HTTPError(503)
+
+
+def gated(path: str, token: str, gate: str, limit: float = 90.0) -> None:
+    """Record "start token pid", wait (bounded) until the file ``gate`` exists, record
+    "done token": the test decides when the job ends."""
+    _append(path, f"start {token} {os.getpid()}")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _append(path, f"done {token}")

@@ -1,11 +1,26 @@
 """The pipe pair between an RQ worker process and its work horse, for one job.
 
-The horse sends JSON lines: ``{"progress": P}`` and, once, ``{"outcome": ...}``. A reader
-thread in the worker writes each to the ledger (on the worker's warm connection) and
-answers the outcome with what the ledger recorded (``success``, ``retry``, ``failed`` or
-``dropped``); the horse waits for that answer before it hands the result to RQ, so RQ
-never requeues a retry before the ledger row is pending again. The worker also
-heartbeats the row while the horse lives.
+The horse sends JSON lines: ``{"progress": P}`` and, once, the outcome. A reader thread
+in the worker writes each to the ledger (on the worker's warm connection) and answers a
+failure with what the ledger recorded (``retry``, ``failed`` or ``dropped``); the horse
+waits for that answer before it hands the result to RQ, so RQ never requeues a retry
+before the ledger row is pending again.
+
+A success is not answered: the horse hands its result to RQ at once while the worker
+completes the row. This is safe because the worker writes the row before it takes its
+next job (:meth:`HorseChannel.close` waits for the reader), the heartbeat keeps the row
+fresh until then, and the UPDATE is conditional on this worker's attempt, so the row
+ends ``completed`` once. If the worker dies between the horse's exit and that write,
+the row is left ``running`` with a heartbeat that stops: the reaper requeues it, exactly
+as when a worker dies during a job (the job then runs again; jobs are at least once).
+
+The ledger unreachable when the outcome comes: the reader keeps the outcome and writes it
+when the database answers again (the horse of a failed job waits for that), and the
+worker takes no other job meanwhile. While a beat fails, the heartbeat marks this
+attempt alive in Redis (:func:`alive_key`, expiring after ``orphan_after``), and the
+reaper leaves such a row alone: the worker is alive, only cut off from the database.
+Once a shutdown is asked for, the reader gives up after :data:`STOP_GRACE` seconds,
+with one line; the row is then left to the reaper.
 """
 
 from __future__ import annotations
@@ -13,27 +28,59 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from jobfleet.errors import translate
 from jobfleet.runner import Heartbeat, Judgement
 
 if TYPE_CHECKING:
     from jobfleet.ledger import JobRow
     from jobfleet.runner import JobRunner
+    from jobfleet.runtime import Runtime
+
+STOP_GRACE = 30.0
+"""Seconds an unwritten outcome is retried after a shutdown was asked for."""
+
+WRITE_RETRY_MAX = 2.0
+"""Longest pause, in seconds, between two tries of an outcome write."""
+
+
+def alive_key(row: JobRow) -> str:
+    """The Redis key that says "this attempt's worker is alive" while its ledger is away."""
+    return f"jobfleet:alive:{row.id}:{row.attempts}"
+
+
+class WorkerHeartbeat(Heartbeat):
+    """The RQ worker's heartbeat: a failed beat marks the attempt alive in Redis."""
+
+    def missed(self, error: Exception) -> None:
+        runtime: Runtime = self.runtime
+        ttl = max(1, int(runtime.config.orphan_after))
+        with contextlib.suppress(Exception):
+            runtime.redis.set(alive_key(self.row), "1", ex=ttl)
 
 
 class HorseChannel:
     """Created by the worker before the fork; each side closes the ends it does not use."""
 
-    def __init__(self, runner: JobRunner, row: JobRow | None) -> None:
-        self.runner, self.row = runner, row
+    def __init__(
+        self,
+        runner: JobRunner,
+        row: JobRow | None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.runner, self.row, self.stopping = runner, row, stopping
         self.up_read, self.up_write = os.pipe()  # horse -> worker
         self.down_read, self.down_write = os.pipe()  # worker -> horse
         self.open_fds = {self.up_read, self.up_write, self.down_read, self.down_write}
         self.reader: threading.Thread | None = None
         self.heartbeat: Heartbeat | None = None
+        self.recording = False
 
     # -- worker side ---------------------------------------------------------------
     def worker_after_fork(self) -> None:
@@ -41,7 +88,7 @@ class HorseChannel:
         if self.row is None:
             return
         runtime = self.runner.runtime
-        self.heartbeat = Heartbeat(runtime, self.row, runtime.config.heartbeat_interval)
+        self.heartbeat = WorkerHeartbeat(runtime, self.row, runtime.config.heartbeat_interval)
         self.heartbeat.start()
         self.reader = threading.Thread(target=self._read, name="horse-channel", daemon=True)
         self.reader.start()
@@ -62,17 +109,52 @@ class HorseChannel:
             return
         raw = message.get("judgement")
         judgement = None if raw is None else Judgement(**raw)
+        self.recording = True
         try:
-            kind = self.runner.record(self.row, judgement, int(message["duration_ms"]))
-        except Exception:  # the database is gone: the reaper will requeue the row later
-            kind = "dropped"
-        with contextlib.suppress(OSError):
-            os.write(self.down_write, kind.encode() + b"\n")
+            kind = self._record(judgement, int(message["duration_ms"]))
+        finally:
+            self.recording = False
+        if judgement is not None:  # a success is not answered (see the module docstring)
+            with contextlib.suppress(OSError):
+                os.write(self.down_write, kind.encode() + b"\n")
+
+    def _record(self, judgement: Judgement | None, duration_ms: int) -> str:
+        """Write the outcome, retrying while the ledger is unreachable (see the module)."""
+        assert self.row is not None
+        delay, failing_since, stop_seen = 0.25, None, None
+        while True:
+            try:
+                kind = self.runner.record(self.row, judgement, duration_ms)
+            except Exception as exc:
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    _say(f"{translate(exc) or exc}; outcome of job {self.row.id} kept, retrying")
+                if self.stopping():
+                    stop_seen = stop_seen or now
+                    if now - stop_seen >= STOP_GRACE:
+                        _say(f"gave up writing the outcome of job {self.row.id}; the reaper has it")
+                        return "dropped"
+                time.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
+                continue
+            if failing_since is not None:
+                _say(f"the ledger answers again; job {self.row.id} recorded as {kind}")
+            return kind
 
     def drain(self, timeout: float = 30.0) -> None:
-        """Wait until the horse's messages are recorded (the horse has exited)."""
-        if self.reader is not None:
-            self.reader.join(timeout)
+        """Wait until the horse's messages are recorded (the horse has exited).
+
+        An outcome being written is always waited for; otherwise the wait ends after
+        ``timeout`` seconds (a process the job forked may still hold the pipe open).
+        """
+        if self.reader is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self.reader.is_alive():
+            self.reader.join(0.5)
+            if not self.recording and time.monotonic() > deadline:
+                return
 
     def close(self) -> None:
         self.drain()
@@ -99,9 +181,12 @@ class HorseChannel:
         self.send({"progress": percent})
 
     def report(self, judgement: Judgement | None, duration_ms: int) -> str:
-        """Send the outcome; return what the worker recorded (``dropped`` if it is gone)."""
+        """Send the outcome; for a failure, return what the worker recorded (``dropped``
+        if it is gone). A success returns ``success`` at once; the worker records it."""
         raw = None if judgement is None else asdict(judgement)
         self.send({"judgement": raw, "duration_ms": duration_ms})
+        if judgement is None:
+            return "success"
         answer = b""
         while not answer.endswith(b"\n"):
             chunk = _read_some(self.down_read)
@@ -109,6 +194,10 @@ class HorseChannel:
                 return "dropped"
             answer += chunk
         return answer.decode().strip()
+
+
+def _say(text: str) -> None:
+    print(f"jobfleet worker: {text}", file=sys.stderr, flush=True)
 
 
 def _read_some(fd: int) -> bytes:

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from jobfleet.errors import JobfleetError, UsageError
@@ -121,6 +134,11 @@ class Ledger:
             self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- reads -----------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def get(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
@@ -197,12 +215,8 @@ class Ledger:
     def _update(self, where: Sequence[ColumnElement[bool]], **values: Any) -> JobRow | None:
         """One conditional UPDATE; the new row when it won, else None."""
         stmt = update(jobs).where(and_(*where)).values(**values).returning(*jobs.c)
-        if self._single is not None:
-            with self._single.connect() as conn:
-                row = conn.execute(stmt).first()
-        else:
-            with self.engine.begin() as conn:
-                row = conn.execute(stmt).first()
+        with self._transition() as conn:
+            row = conn.execute(stmt).first()
         return None if row is None else JobRow.from_mapping(row._mapping)
 
     def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
@@ -232,8 +246,10 @@ class Ledger:
     def claim(self, job_id: str, worker: str) -> JobRow | None:
         """pending -> running under ``worker``, attempts + 1 (RQ mode: the id is known)."""
         now = utcnow()
-        where = [jobs.c.id == job_id, jobs.c.status == "pending"]
-        return self._update(where, **_running_values(worker, now))
+        params = {"b_id": job_id, "b_worker": worker, "b_now": now}
+        with self._transition() as conn:
+            row = conn.execute(_CLAIM, params).first()
+        return None if row is None else JobRow.from_mapping(row._mapping)
 
     def claim_next(self, queues: Iterable[str], worker: str) -> JobRow | None:
         """Claim the oldest due pending ``db``-mode row of ``queues`` (poller).
@@ -267,46 +283,42 @@ class Ledger:
         ]
 
     def heartbeat(self, row: JobRow) -> bool:
-        return self._update(self._owned(row), heartbeat_at=utcnow()) is not None
+        return self._owned_update(_HEARTBEAT, row, b_now=utcnow())
 
     def set_progress(self, row: JobRow, percent: float) -> bool:
-        values = {"progress": percent, "heartbeat_at": utcnow()}
-        return self._update(self._owned(row), **values) is not None
+        return self._owned_update(_PROGRESS, row, b_progress=percent, b_now=utcnow())
 
     def complete(self, row: JobRow) -> bool:
-        now = utcnow()
-        values = {
-            "status": "completed",
-            "progress": 100.0,
-            "finished_at": now,
-            "heartbeat_at": now,
-            "error": None,
-            "error_kind": None,
-        }
-        return self._update(self._owned(row), **values) is not None
+        return self._owned_update(_COMPLETE, row, b_now=utcnow())
 
     def fail(self, row: JobRow, error: str, kind: str) -> bool:
-        values = {
-            "status": "failed",
-            "finished_at": utcnow(),
-            "error": cut(error),
-            "error_kind": kind,
-        }
-        return self._update(self._owned(row), **values) is not None
+        return self._owned_update(_FAIL, row, b_now=utcnow(), b_error=cut(error), b_error_kind=kind)
 
     def retry_later(
         self, row: JobRow, error: str, kind: str, delay: float, dispatched: bool
     ) -> bool:
         """running -> pending for another attempt after ``delay`` seconds."""
-        values = {
-            "status": "pending",
-            "error": cut(error),
-            "error_kind": kind,
-            "heartbeat_at": None,
-            "dispatched": dispatched,
-            "run_after": utcnow() + timedelta(seconds=delay),
-        }
-        return self._update(self._owned(row), **values) is not None
+        return self._owned_update(
+            _RETRY_LATER,
+            row,
+            b_error=cut(error),
+            b_error_kind=kind,
+            b_dispatched=dispatched,
+            b_run_after=utcnow() + timedelta(seconds=delay),
+        )
+
+    # -- the hot path: prebuilt statements -------------------------------------------
+    def _transition(self) -> AbstractContextManager[Connection]:
+        """A connection for one single-statement transition (autocommit on PostgreSQL)."""
+        if self._single is not None:
+            return self._single.connect()
+        return self.engine.begin()
+
+    def _owned_update(self, stmt: Executable, row: JobRow, **params: Any) -> bool:
+        """One of the prebuilt UPDATEs of a row this worker owns; whether it won."""
+        params.update(b_id=row.id, b_worker=row.worker, b_attempts=row.attempts)
+        with self._transition() as conn:
+            return bool(conn.execute(stmt, params).rowcount == 1)
 
     def release(
         self, row: JobRow, error: str, kind: str, stale_before: datetime | None
@@ -376,6 +388,72 @@ class Ledger:
         stmt = delete(jobs).where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
+
+
+# The transitions a worker makes for every job are built once: SQLAlchemy then reuses
+# their compiled form and cache key, so a job costs two short statements, not two
+# statement constructions (which took longer than SQLite's own work). Only ``claim``
+# reads the row back (RETURNING); the others need only whether they won (rowcount).
+_OWNED = and_(
+    jobs.c.id == bindparam("b_id"),
+    jobs.c.status == "running",
+    jobs.c.worker == bindparam("b_worker"),
+    jobs.c.attempts == bindparam("b_attempts"),
+)
+_CLAIM = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.status == "pending")
+    .values(
+        status="running",
+        worker=bindparam("b_worker"),
+        attempts=jobs.c.attempts + 1,
+        heartbeat_at=bindparam("b_now"),
+        last_started_at=bindparam("b_now"),
+        first_started_at=func.coalesce(jobs.c.first_started_at, bindparam("b_now")),
+        run_after=None,
+    )
+    .returning(*jobs.c)
+)
+_HEARTBEAT = update(jobs).where(_OWNED).values(heartbeat_at=bindparam("b_now"))
+_PROGRESS = (
+    update(jobs)
+    .where(_OWNED)
+    .values(progress=bindparam("b_progress"), heartbeat_at=bindparam("b_now"))
+)
+_COMPLETE = (
+    update(jobs)
+    .where(_OWNED)
+    .values(
+        status="completed",
+        progress=100.0,
+        finished_at=bindparam("b_now"),
+        heartbeat_at=bindparam("b_now"),
+        error=None,
+        error_kind=None,
+    )
+)
+_FAIL = (
+    update(jobs)
+    .where(_OWNED)
+    .values(
+        status="failed",
+        finished_at=bindparam("b_now"),
+        error=bindparam("b_error"),
+        error_kind=bindparam("b_error_kind"),
+    )
+)
+_RETRY_LATER = (
+    update(jobs)
+    .where(_OWNED)
+    .values(
+        status="pending",
+        error=bindparam("b_error"),
+        error_kind=bindparam("b_error_kind"),
+        heartbeat_at=None,
+        dispatched=bindparam("b_dispatched"),
+        run_after=bindparam("b_run_after"),
+    )
+)
 
 
 def _running_values(worker: str, now: datetime) -> dict[str, Any]:

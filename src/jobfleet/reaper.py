@@ -5,21 +5,37 @@
   and ``progress`` are kept), else failed with error kind ``orphaned``. The release is one
   conditional UPDATE that re-checks the stale heartbeat, so two reapers never requeue a
   job twice and a job whose worker is alive (fresh heartbeat) is never touched.
+  A stale row whose attempt is marked alive in Redis is left alone: its RQ worker lives
+  but cannot reach the ledger, and writes the outcome when it can
+  (:mod:`jobfleet.horse_channel`).
 * Lost pending rows (``rq`` mode): a row never dispatched (Redis was down at enqueue), or
   whose RQ job is missing or finished in Redis (Redis lost its data), or whose retry is
-  overdue by ``orphan_after`` (no scheduler alive) is sent again. The send is claimed
-  first with a conditional UPDATE, so two reapers send it once.
+  overdue by ``orphan_after`` (no scheduler alive), or whose RQ job was taken by a worker
+  that died before it claimed the row, is sent again. The send is claimed first with a
+  conditional UPDATE, so two reapers send it once.
+* A worker dies between RQ's dequeue and the ledger claim: the row is still pending and
+  its RQ job is either in the queue's intermediate list (one-queue workers; RQ itself
+  notices only after its next maintenance, up to about 10 minutes) or in no list at all
+  (several queues). A live worker claims within milliseconds of the dequeue (and gives a
+  job back when the ledger is unreachable), so a job seen in the intermediate list, in
+  the same pending state (attempt and last send), by a pass ``orphan_after`` seconds
+  earlier is abandoned (the first sighting is a Redis key). So is a
+  pending row whose RQ job is ``started`` by a worker whose registration is gone. If the
+  worker was only slow after all, its claim or the resent copy's claim loses (the claim
+  is conditional), so the job still runs once.
 * Startup cleanup touches only rows running under one worker name.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from jobfleet import logs
 from jobfleet.dispatch import LIVE_RQ_STATUSES, rq_statuses, send
+from jobfleet.horse_channel import alive_key
 from jobfleet.ledger import iso
 from jobfleet.schema import jobs, utcnow
 
@@ -94,7 +110,11 @@ def reap(runtime: Runtime, grace: float = REDISPATCH_GRACE) -> ReapResult:
     ``grace``: pending rows younger than this many seconds are left to their enqueue.
     """
     result = ReapResult()
-    for row in runtime.ledger.stale_running(runtime.config.orphan_after):
+    stale = runtime.ledger.stale_running(runtime.config.orphan_after)
+    alive = marked_alive(runtime, stale)
+    for row in stale:
+        if row.id in alive:
+            continue  # its worker lives but cannot reach the ledger
         last = iso(row.heartbeat_at) or "never"
         message = f"worker {row.worker} stopped heartbeating (last heartbeat {last})"
         release(runtime, row, message, "orphaned", stale=True, result=result)
@@ -105,6 +125,20 @@ def reap(runtime: Runtime, grace: float = REDISPATCH_GRACE) -> ReapResult:
 
         redispatch_celery(runtime, result, grace, BATCH)
     return result
+
+
+def marked_alive(runtime: Runtime, rows: list[JobRow]) -> set[str]:
+    """Ids of the rows whose attempt a live RQ worker marked alive in Redis."""
+    if not rows or not runtime.config.redis_url:
+        return set()
+    try:
+        with runtime.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.exists(alive_key(row))
+            found = pipe.execute()
+    except Exception:  # Redis is away too: the heartbeat alone decides
+        return set()
+    return {row.id for row, hit in zip(rows, found, strict=True) if hit}
 
 
 def redispatch(runtime: Runtime, result: ReapResult, grace: float = REDISPATCH_GRACE) -> None:
@@ -127,16 +161,64 @@ def redispatch(runtime: Runtime, result: ReapResult, grace: float = REDISPATCH_G
     # "queued" but in no list: popped by a client that died (old rows only; one read per queue)
     doubtful = {r.queue for r in dispatched if statuses.get(r.id) == "queued" and _old(r, overdue)}
     listed = queued_ids(runtime, doubtful)
+    abandoned = abandoned_ids(runtime, [r for r in dispatched if statuses.get(r.id) != "scheduled"])
     for row in rows:
         if row.dispatched:
             status = statuses.get(row.id)
             if status in LIVE_RQ_STATUSES and not (
                 (status == "scheduled" and row.run_after is not None and row.run_after < overdue)
                 or (row.queue in doubtful and _old(row, overdue) and row.id not in listed)
+                or row.id in abandoned
             ):
                 continue
-        if runtime.ledger.claim_send(row) and send(runtime, row):
-            result.redispatched.append(row.id)
+        if runtime.ledger.claim_send(row):
+            if row.id in abandoned:
+                runtime.redis.lrem(runtime.rq_queue(row.queue).intermediate_queue_key, 0, row.id)
+            if send(runtime, row):
+                result.redispatched.append(row.id)
+
+
+def abandoned_ids(runtime: Runtime, rows: list[JobRow]) -> set[str]:
+    """Pending rows whose RQ job a dead worker took (see the module docstring)."""
+    from rq.intermediate_queue import IntermediateQueue
+    from rq.job import Job
+    from rq.worker import Worker
+
+    if not rows:
+        return set()
+    with runtime.redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.hget(Job.key_for(row.id), "worker_name")
+        workers = [v.decode() if isinstance(v, bytes) else v for v in pipe.execute()]
+    out: set[str] = set()
+    statuses = rq_statuses(runtime, [r.id for r in rows])
+    started = [(r, w) for r, w in zip(rows, workers, strict=True) if statuses[r.id] == "started"]
+    if started:
+        with runtime.redis.pipeline(transaction=False) as pipe:
+            for _, worker in started:
+                pipe.exists(Worker.redis_worker_namespace_prefix + (worker or ""))
+            live = pipe.execute()
+        out.update(row.id for (row, _), hit in zip(started, live, strict=True) if not hit)
+    held: dict[str, set[str]] = {}
+    for name in {r.queue for r in rows if statuses[r.id] == "queued"}:
+        key = runtime.rq_queue(name).key
+        held[name] = {
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in runtime.redis.lrange(IntermediateQueue.get_intermediate_queue_key(key), 0, -1)
+        }
+    orphan_after = runtime.config.orphan_after
+    for row in rows:
+        if row.id not in held.get(row.queue, ()):
+            continue
+        # When this pending state of the row (attempt, last send) was first seen held.
+        key = f"jobfleet:held:{row.id}:{row.attempts}:{iso(row.run_after) or '-'}"
+        now = time.time()
+        if runtime.redis.set(key, str(now), nx=True, ex=max(60, int(orphan_after * 4))):
+            continue  # first seen now; a live worker will have claimed it by a later pass
+        first = runtime.redis.get(key)
+        if first is not None and now - float(first) >= orphan_after:
+            out.add(row.id)
+    return out
 
 
 def _old(row: JobRow, before: datetime) -> bool:

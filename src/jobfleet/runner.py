@@ -58,8 +58,11 @@ class Heartbeat(threading.Thread):
                 if not self.runtime.ledger.heartbeat(self.row):
                     self.lost = True  # the reaper or an operator took the row away
                     return
-            except Exception:  # a missed beat is retried on the next tick
-                continue
+            except Exception as exc:  # a missed beat is retried on the next tick
+                self.missed(exc)
+
+    def missed(self, error: Exception) -> None:
+        """Called when a beat could not be written (the ledger is unreachable)."""
 
     def stop(self) -> None:
         self.stopped.set()

@@ -23,6 +23,15 @@ How a job travels:
 * A work horse killed by a signal (OOM killer, kill -9) is recorded at once by the worker
   (:meth:`JobfleetWorker.on_horse_killed`): the row is requeued and sent again, or failed
   when no attempts are left. It is not left for the reaper.
+* The ledger unreachable (no job lost, none run twice, the worker keeps running):
+
+  - at the claim, the job is not run: it goes back to the front of its RQ queue, one line
+    says so on stderr, and the worker waits (taking no job) until the ledger answers
+    again, then carries on;
+  - at the outcome, the worker keeps the outcome in memory and writes it when the ledger
+    answers again (:mod:`jobfleet.horse_channel`); until then the heartbeat thread marks
+    the attempt alive in Redis, so a reaper does not requeue a job whose worker is only
+    cut off from the database.
 
 Shutdown: SIGTERM asks for a warm shutdown; the running job finishes first. The systemd
 unit therefore needs ``KillMode=mixed`` (SIGTERM to the main process only); with the
@@ -36,18 +45,20 @@ its own stale registration.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
 import secrets
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from rq import Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobfleet.dispatch import send
 from jobfleet.errors import translate
@@ -60,6 +71,9 @@ if TYPE_CHECKING:
     from rq import Queue
 
     from jobfleet.runtime import Runtime
+
+LEDGER_WAIT_MAX = 5.0
+"""Longest pause, in seconds, between two checks of an unreachable ledger."""
 
 RETRY_CEILING = 1_000_000
 """The ``max`` of the ``Retry`` we hand to RQ: the ledger, not RQ, counts attempts."""
@@ -120,18 +134,18 @@ class JobfleetWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
             row = self.runner.claim(job.id)
-        except OperationalError as exc:
-            # The ledger is unreachable: skip the job. Its row stays pending, and the reaper
-            # sends it again, since RQ will show the job finished.
-            print(
-                f"jobfleet worker: {translate(exc)}; job {job.id} left for the reaper",
-                file=sys.stderr,
-                flush=True,
-            )
-            row = None
+        except (OperationalError, InterfaceError) as exc:
+            # The ledger is unreachable: the job is not run, and not lost either.
+            self.give_back(job, queue)
+            _say(f"{translate(exc)}; job {job.id} put back on queue {queue.name}")
+            self.wait_for_ledger()
+            return
+        except BaseException:  # e.g. a shutdown signal during a slow claim
+            self.give_back(job, queue)
+            raise
         if row is not None:
             self.runner.log("JOB_START", row)
-        self.channel = HorseChannel(self.runner, row)
+        self.channel = HorseChannel(self.runner, row, stopping=lambda: self._stop_requested)
         try:
             super().execute_job(job, queue)
         finally:
@@ -142,6 +156,30 @@ class JobfleetWorker(Worker):
             current = self.runtime.ledger.get(job_id)
             if current is not None and current.status == "pending":
                 send(self.runtime, current)
+
+    def give_back(self, job: Job, queue: Queue) -> None:
+        """Put a dequeued job that was not run back at the front of its queue."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+
+    def wait_for_ledger(self) -> None:
+        """Take no job until the ledger answers (or a shutdown is asked for)."""
+        ledger = self.runtime.ledger
+        ledger.engine.dispose()  # pooled connections to a restarted server are dead
+        delay = 1.0
+        while not self._stop_requested:
+            try:
+                ledger.ping()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.heartbeat()  # RQ's registration stays alive while we wait
+                time.sleep(delay)  # a SIGTERM here ends the worker (nothing is held)
+                delay = min(delay * 2, LEDGER_WAIT_MAX)
+                continue
+            _say("the ledger answers again; taking jobs")
+            return
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         # Frozen objects are never scanned by the horse's garbage collector, so the horse
@@ -182,6 +220,10 @@ class JobfleetWorker(Worker):
             self._redispatch = new.id
         else:
             self.runner.log("JOB_FAILED", row, will_retry=False, **fields)
+
+
+def _say(text: str) -> None:
+    print(f"jobfleet worker: {text}", file=sys.stderr, flush=True)
 
 
 def rq_worker_name(name: str) -> str:
