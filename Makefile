@@ -39,6 +39,7 @@ deploy: bootstrap lab-up ## bring up the container lab and deploy the fleet to i
 	@echo "The lab fleet is deployed. Try it:"
 	@echo "  docker exec jobfleet-lab-worker1 runuser -u jobfleet -- /opt/shop/current/venv/bin/jobfleet enqueue shop.jobs:succeed 21 --queue default --json"
 	@echo "  docker exec jobfleet-lab-worker1 runuser -u jobfleet -- /opt/shop/current/venv/bin/jobfleet job show ID --json"
+	@echo "  docker exec jobfleet-lab-worker1 runuser -u jobfleet -- /opt/shop/current/venv/bin/jobfleet enqueue shop.celery_app:rebuild_catalog 10 1.0 --queue catalog --json   # a Celery job"
 	@echo "  docker exec jobfleet-lab-worker1 runuser -u jobfleet -- /opt/shop/current/venv/bin/jobfleet status"
 	@echo "  docker exec jobfleet-lab-worker1 journalctl -u 'jobfleet-*' -f"
 	@echo "Tear it down with: make lab-down"
