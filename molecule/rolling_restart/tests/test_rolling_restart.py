@@ -3,9 +3,11 @@
 converge deployed release 1 (examples/shop). These tests run in file order, each step on
 top of the previous one, and drive the real playbooks with ansible-playbook:
   release 2 changes shop/email_utils.py  -> only mail restarts;
-  release 3 changes shop/models.py       -> backup and reports restart, mail does not,
-                                            while 200 jobs on every queue keep flowing;
-  release-rollback.yml back to release 2  -> backup and reports run release 2 code again.
+  release 3 changes shop/models.py       -> backup, reports and the Celery worker catalog
+                                            (shop.celery_app imports shop.models) restart,
+                                            mail does not, while 200 jobs on every RQ queue
+                                            keep flowing;
+  release-rollback.yml back to release 2  -> backup, reports and catalog restart again.
 Release 2 and 3 are copies of release 1's deployed tree. Their jobs.py (which no worker
 imports, so it affects none) tags each `record` side effect with the release, so a job
 reports the code version that the worker that ran it loaded.
@@ -35,7 +37,9 @@ SIDE_EFFECTS = "/var/lib/jobfleet/shop-side-effects.log"
 QUEUES = ["default", "backup", "mail", "reports", "slow"]
 #: Which worker serves which queue (inventory/lab/group_vars/all.yml).
 QUEUE_WORKER = {"default": "backup", "backup": "backup", "mail": "mail", "reports": "reports"}
-UNITS = {name: f"jobfleet-{name}@1.service" for name in ("backup", "mail", "reports")}
+UNITS = {name: f"jobfleet-{name}@1.service" for name in ("backup", "catalog", "mail", "reports")}
+#: The workers whose import closure holds shop/models.py (the Celery app's too).
+MODEL_WORKERS = ("backup", "catalog", "reports")
 FLOW_JOBS = 200
 #: Distinguishes this run's side-effect tokens from an earlier run's on the same hosts.
 RUN = f"run{int(time.time())}"
@@ -329,7 +333,7 @@ def test_release_2_email_utils_restarts_only_mail(state: dict[str, Any]) -> None
         assert after[name]["mail"] != before[name]["mail"], (
             f"{name}: mail kept its MainPID\n{out[-3000:]}"
         )
-        for worker in ("backup", "reports"):
+        for worker in MODEL_WORKERS:
             assert after[name][worker] == before[name][worker], f"{name}: {worker} restarted"
     assert "shop/workers/mail.py -> shop/email_utils.py" in out
     assert versions("r2") == {"backup": "release-1", "mail": "release-2", "reports": "release-1"}
@@ -363,7 +367,7 @@ def test_release_3_models_restarts_model_workers_while_200_jobs_flow(state: dict
     after = fleet_pids()
     for name in WORKERS:
         assert after[name]["mail"] == before[name]["mail"], f"{name}: mail restarted\n{out[-3000:]}"
-        for worker in ("backup", "reports"):
+        for worker in MODEL_WORKERS:
             assert after[name][worker] != before[name][worker], f"{name}: {worker} kept its MainPID"
     check_flow(flow_out, counts, restarted=["backup", "reports"])
     assert versions("r3") == {"backup": "release-3", "mail": "release-2", "reports": "release-3"}
@@ -379,8 +383,12 @@ def test_rolling_restart_check_mode_lists_the_plan_and_restarts_nothing(
     out = playbook("playbooks/rolling-restart.yml", "--check",
                    "-e", f"jobfleet_restart_old_release={state['r2']}",
                    "-e", f"jobfleet_restart_new_release={state['r3']}")  # fmt: skip
-    assert "restart: jobfleet-backup@1.service, jobfleet-reports@1.service" in out, out[-3000:]
+    plan = (
+        "restart: jobfleet-backup@1.service, jobfleet-catalog@1.service, jobfleet-reports@1.service"
+    )
+    assert plan in out, out[-3000:]
     assert "shop/workers/backup.py -> shop/models.py" in out
+    assert "shop/celery_app.py -> shop/models.py" in out
     assert fleet_pids() == state["pids"]
 
 
@@ -393,7 +401,7 @@ def test_release_rollback_returns_to_release_2(state: dict[str, Any]) -> None:
     after = fleet_pids()
     for name in WORKERS:
         assert after[name]["mail"] == before[name]["mail"], f"{name}: mail restarted\n{out[-3000:]}"
-        for worker in ("backup", "reports"):
+        for worker in MODEL_WORKERS:
             assert after[name][worker] != before[name][worker], f"{name}: {worker} kept its MainPID"
         history = sh(name, f"cat {APP_DIR}/release-history").split()
         assert history[-2:] == [state["r1"], state["r2"]], history
