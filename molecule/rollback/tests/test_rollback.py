@@ -430,22 +430,22 @@ def test_interrupted_rollback_finishes_on_rerun_with_exact_counts(state: dict[st
     needs(state, "emergency")
     prefix = f"{RUN}-killed"
     sh(WORKER, "systemctl stop jobfleet-reports@1.service")  # the jobs wait in RQ
-    jobs = records(prefix, ["reports", "slow"], 600)
+    jobs = records(prefix, ["reports", "slow"], 300)
     enqueue(jobs)
-    assert redis_llen("rq:queue:reports") == 300
-    env = {"JOBFLEET_MIGRATE_PAUSE_AFTER": "250", "JOBFLEET_MIGRATE_BATCH": "100"}
+    assert redis_llen("rq:queue:reports") == 150
+    env = {"JOBFLEET_MIGRATE_PAUSE_AFTER": "120", "JOBFLEET_MIGRATE_BATCH": "50"}
     extra = ["-e", "jobfleet_rollback_queues=reports,slow",
              "-e", json.dumps({"jobfleet_rollback_migrate_env": env})]  # fmt: skip
     proc = start_playbook("playbooks/rollback.yml", *extra)
     pid = ""
     try:
         # Batches 1 and 2 left Redis; batch 3 is committed in the ledger and still in Redis.
-        wait_until(lambda: redis_llen("rq:queue:reports") == 100, 300, "migrate paused")
+        wait_until(lambda: redis_llen("rq:queue:reports") == 50, 300, "migrate paused")
         time.sleep(2)
-        third = [job_id for _, _, queue, job_id in jobs if queue == "reports"][200]
+        third = [job_id for _, _, queue, job_id in jobs if queue == "reports"][100]
         row = rows(third)[third]
         assert row["mode"] == "db" and row["status"] == "pending", row
-        assert redis_llen("rq:queue:reports") == 100
+        assert redis_llen("rq:queue:reports") == 50
         pid = sh(WORKER, "pgrep -f '[j]obfleet migrate rq-to-db' || true").strip()
         assert pid and pid.isdigit(), f"one migrate process expected: {pid!r}"
     finally:
@@ -459,10 +459,10 @@ def test_interrupted_rollback_finishes_on_rerun_with_exact_counts(state: dict[st
     }
     msg = report(playbook("playbooks/rollback.yml", "-e", "jobfleet_rollback_queues=reports,slow"))
     assert msg["verification"].startswith("ok"), msg
-    assert msg["moved"]["reports"]["before"] == 300 and msg["moved"]["reports"]["after"] == 300
-    assert msg["moved"]["slow"]["moved"] == 300, msg
+    assert msg["moved"]["reports"]["before"] == 150 and msg["moved"]["reports"]["after"] == 150
+    assert msg["moved"]["slow"]["moved"] == 150, msg
     assert modes()["reports"] == modes()["slow"] == "db"
-    found = wait_done(prefix, 600)
+    found = wait_done(prefix, 300)
     assert all(r["attempts"] == 1 for r in found.values()), "a job ran twice"
     state["interrupted"] = True
 
