@@ -1,7 +1,9 @@
 """Issue 6 on real hosts: rollback to database polling and roll-forward, nothing lost.
 
 converge deployed examples/shop with every queue in rq mode; worker1 runs the definition
-``backup`` (queues backup, default; 2 instances) and ``reports`` (reports, slow; 1). These
+``backup`` (queues backup, default; 2 instances), ``reports`` (reports, slow; 1) and the
+Celery worker ``catalog`` (queue catalog, mode celery), which no rollback or roll-forward
+touches: its mode stays celery and its process is never restarted. These
 tests run in file order, each on top of the previous one, and drive the real playbooks with
 ansible-playbook. Every job is ``shop.jobs:record TOKEN`` under the job id TOKEN (it appends
 ``host TOKEN`` to a side-effect file) unless it is a sleep that keeps a worker busy, so a
@@ -206,6 +208,16 @@ def modes() -> dict[str, str]:
     return {q: m["mode"] for q, m in data["queues"].items()}
 
 
+CELERY_UNIT = "jobfleet-catalog@1.service"
+
+
+def celery_pid() -> str:
+    """MainPID of the Celery worker catalog (its queue is never moved)."""
+    pid = sh(WORKER, f"systemctl show -p MainPID --value {CELERY_UNIT}").strip()
+    assert pid.isdigit() and pid != "0", f"{CELERY_UNIT} is not running: {pid!r}"
+    return pid
+
+
 def loaded_units() -> dict[str, str]:
     """Loaded jobfleet worker instance units on the worker host -> active state."""
     out = sh(WORKER, "systemctl list-units --all --plain --no-legend 'jobfleet-*@*.service'")
@@ -253,6 +265,8 @@ def needs(state: dict[str, Any], step: str) -> None:
 @pytest.mark.timeout(900)
 def test_planned_rollback_of_1000_jobs_runs_each_once(state: dict[str, Any]) -> None:
     assert {m for q, m in modes().items() if q in ("backup", "default")} == {"rq"}
+    assert modes()["catalog"] == "celery"
+    state["celery_pid"] = celery_pid()
     prefix = f"{RUN}-planned"
     # Both RQ instances busy with a 45 s job, so the 1,000 records wait in RQ (the RQ workers
     # may take some between the end of those jobs and their stop, on a slow machine).
@@ -307,10 +321,12 @@ def test_rollforward_returns_everything_to_rq(state: dict[str, Any]) -> None:
     enqueue(records(f"{prefix}-a", ["backup", "default"], 200))  # pending db rows
     out = playbook("playbooks/rollforward.yml")  # default: every queue in db mode
     msg = report(out)
-    assert sorted(msg["queues"]) == ["backup", "default"], msg
+    assert sorted(msg["queues"]) == ["backup", "default"], msg  # never catalog (celery)
     assert msg["verification"].startswith("ok"), msg
     moved = sum(r["moved"] for r in msg["moved"].values())
-    assert set(modes().values()) == {"rq"}, modes()
+    after = modes()
+    assert after.pop("catalog") == "celery" and set(after.values()) == {"rq"}, modes()
+    assert celery_pid() == state["celery_pid"], "the Celery worker was restarted"
     units = loaded_units()
     assert not any("-poll@" in u for u in units), units
     assert sh(WORKER, "ls /etc/systemd/system/ | grep -c -- '-poll@' || true").strip() == "0"
@@ -318,13 +334,13 @@ def test_rollforward_returns_everything_to_rq(state: dict[str, Any]) -> None:
     enqueue(records(f"{prefix}-b", ["backup", "default"], 100))  # new jobs: through RQ
     found = wait_done(prefix, 302)
     assert all(r["attempts"] == 1 for r in found.values()), "a job ran twice"
-    waiting = [r for k, r in found.items() if k.startswith(f"{prefix}-a")]
+    waiting = [r for k, r in found.items() if k.startswith(f"{prefix}-a-")]
     by_rq = [r for r in waiting if r["mode"] == "rq" and RQ_UNIT.search(r["worker"])]
     by_poll = [r for r in waiting if POLL_UNIT.search(r["worker"])]
     print(f"roll-forward: {moved} jobs moved and run by RQ, {len(by_poll)} polled before")
     assert len(by_rq) == moved and len(by_rq) + len(by_poll) == 200, (len(by_rq), len(by_poll))
     assert moved >= 100, f"only {moved} of 200 jobs were still pending at the roll-forward"
-    new = [r for k, r in found.items() if k.startswith(f"{prefix}-b")]
+    new = [r for k, r in found.items() if k.startswith(f"{prefix}-b-")]  # not -busy-
     assert all(r["mode"] == "rq" and RQ_UNIT.search(r["worker"]) for r in new), new[:3]
     state["forward"] = True
 
@@ -414,22 +430,22 @@ def test_interrupted_rollback_finishes_on_rerun_with_exact_counts(state: dict[st
     needs(state, "emergency")
     prefix = f"{RUN}-killed"
     sh(WORKER, "systemctl stop jobfleet-reports@1.service")  # the jobs wait in RQ
-    jobs = records(prefix, ["reports", "slow"], 600)
+    jobs = records(prefix, ["reports", "slow"], 300)
     enqueue(jobs)
-    assert redis_llen("rq:queue:reports") == 300
-    env = {"JOBFLEET_MIGRATE_PAUSE_AFTER": "250", "JOBFLEET_MIGRATE_BATCH": "100"}
+    assert redis_llen("rq:queue:reports") == 150
+    env = {"JOBFLEET_MIGRATE_PAUSE_AFTER": "120", "JOBFLEET_MIGRATE_BATCH": "50"}
     extra = ["-e", "jobfleet_rollback_queues=reports,slow",
              "-e", json.dumps({"jobfleet_rollback_migrate_env": env})]  # fmt: skip
     proc = start_playbook("playbooks/rollback.yml", *extra)
     pid = ""
     try:
         # Batches 1 and 2 left Redis; batch 3 is committed in the ledger and still in Redis.
-        wait_until(lambda: redis_llen("rq:queue:reports") == 100, 300, "migrate paused")
+        wait_until(lambda: redis_llen("rq:queue:reports") == 50, 300, "migrate paused")
         time.sleep(2)
-        third = [job_id for _, _, queue, job_id in jobs if queue == "reports"][200]
+        third = [job_id for _, _, queue, job_id in jobs if queue == "reports"][100]
         row = rows(third)[third]
         assert row["mode"] == "db" and row["status"] == "pending", row
-        assert redis_llen("rq:queue:reports") == 100
+        assert redis_llen("rq:queue:reports") == 50
         pid = sh(WORKER, "pgrep -f '[j]obfleet migrate rq-to-db' || true").strip()
         assert pid and pid.isdigit(), f"one migrate process expected: {pid!r}"
     finally:
@@ -443,10 +459,10 @@ def test_interrupted_rollback_finishes_on_rerun_with_exact_counts(state: dict[st
     }
     msg = report(playbook("playbooks/rollback.yml", "-e", "jobfleet_rollback_queues=reports,slow"))
     assert msg["verification"].startswith("ok"), msg
-    assert msg["moved"]["reports"]["before"] == 300 and msg["moved"]["reports"]["after"] == 300
-    assert msg["moved"]["slow"]["moved"] == 300, msg
+    assert msg["moved"]["reports"]["before"] == 150 and msg["moved"]["reports"]["after"] == 150
+    assert msg["moved"]["slow"]["moved"] == 150, msg
     assert modes()["reports"] == modes()["slow"] == "db"
-    found = wait_done(prefix, 600)
+    found = wait_done(prefix, 300)
     assert all(r["attempts"] == 1 for r in found.values()), "a job ran twice"
     state["interrupted"] = True
 
@@ -459,4 +475,6 @@ def test_check_mode_changes_nothing(state: dict[str, Any]) -> None:
     assert msg["check_mode"] is True and msg["verification"] == "not run (check mode)", msg
     assert modes() == before_modes
     assert loaded_units() == before_units
+    assert modes()["catalog"] == "celery"
+    assert celery_pid() == state["celery_pid"], "the Celery worker was restarted"
     print(journal(connect(WORKER), lines=5))
