@@ -347,3 +347,30 @@ def test_db_to_rq_schedules_rows_due_later_once(
     runs = _runs(side)
     assert runs == Counter({"s0": 1, "s1": 1, "s2": 1, "s3": 1}), runs
     assert rt.ledger.counts() == {"a": {"completed": 4}}
+
+
+def test_db_to_rq_recreates_a_leftover_started_copy_of_a_pending_row(
+    make_config: ConfigFactory, db_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """An emergency rollback killed the RQ worker mid-job: its RQ copy still says `started`
+    (and sits in the started registry) while the ledger row went back to pending in db
+    mode. Roll-forward must send it to RQ again, not take the leftover for a live job."""
+    from jobfleet.worker import JobfleetWorker
+
+    queues = {"a": {"mode": "db", "max_attempts": 3, "timeout": 60}}
+    cfg = make_config(db_url, redis_url, queues=queues)
+    rt = _rt(cfg)
+    side = tmp_path / "side"
+    enqueue(rt, "jobhelpers:record", [str(side), "killed"], queue="a", job_id="killed")
+    queue = rt.rq_queue("a")
+    leftover = queue.enqueue("jobhelpers.record", str(side), "killed", job_id="killed")
+    queue.remove(leftover)  # what a killed worker leaves: started, in the registry, in no list
+    leftover.set_status("started")
+    rt.redis.zadd(queue.started_job_registry.key, {"killed": time.time() + 600})
+    [report] = db_to_rq(rt, ["a"])
+    assert report.ok and report.after == 1, report
+    assert queue.job_ids == ["killed"]
+    assert queue.started_job_registry.get_job_ids() == []
+    JobfleetWorker(rt, ["a"], "w").work(burst=True)
+    assert _runs(side) == Counter({"killed": 1})
+    assert rt.ledger.require("killed").status == "completed"

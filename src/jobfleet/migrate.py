@@ -571,13 +571,20 @@ def _send_batch(
     rq_queue = runtime.rq_queue(queue)
     timeout = runtime.config.queue(queue).timeout
     statuses = rq_statuses(runtime, [r.id for r in rows])
-    fresh = [r for r in rows if statuses.get(r.id) not in LIVE_RQ_STATUSES]
+    # A pending row is run by nobody (a running one would be `running` in the ledger), so an
+    # RQ copy marked `started` is a leftover of a worker that was killed (an emergency
+    # rollback): it is re-created, and dropped from RQ's started registry, whose cleanup
+    # would otherwise fail the new copy.
+    fresh = [r for r in rows if statuses.get(r.id) not in LIVE_RQ_STATUSES - {"started"}]
     now = utcnow()
     if fresh:
         with runtime.redis.pipeline() as pipe:
             stale = [f"rq:job:{r.id}" for r in fresh if statuses.get(r.id) is not None]
             if stale:
                 pipe.delete(*stale)
+            leftovers = [r.id for r in fresh if statuses.get(r.id) == "started"]
+            if leftovers:
+                pipe.zrem(rq_queue.started_job_registry.key, *leftovers)
             datas = []
             for row in fresh:
                 args, kwargs = row.call_args()
