@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from servers import PostgresServer, RedisServer, postgres_server, redis_server, stop_process
 
+from jobfleet.reaper import ReapResult, reap
 from jobfleet.runtime import Runtime
 from jobfleet.schema import init_db
 
@@ -196,3 +198,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def reapers_at_once(cfg: Path, count: int = 2) -> list[ReapResult]:
+    """``count`` reaper passes started at the same moment (several hosts' timers), each
+    with its own runtime; their results."""
+    results: list[ReapResult] = []
+    barrier = threading.Barrier(count)
+
+    def one() -> None:
+        rt = Runtime.from_path(str(cfg))
+        barrier.wait(10)
+        results.append(reap(rt))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ConfigFactory
+from conftest import ConfigFactory, reapers_at_once
 from sqlalchemy import text, update
 
 from jobfleet.dispatch import encode_args
@@ -127,19 +127,7 @@ def test_two_reapers_at_once_requeue_a_job_once(make_config: ConfigFactory, db_u
         _row(ledger, f"o{n}")
         assert ledger.claim(f"o{n}", "gone") is not None
         _age_heartbeat(ledger, f"o{n}", 60)
-    results: list[list[str]] = []
-    barrier = threading.Barrier(2)
-
-    def one_reaper() -> None:
-        rt = _rt(cfg)
-        barrier.wait(10)
-        results.append(reap(rt).requeued)
-
-    threads = [threading.Thread(target=one_reaper) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = [r.requeued for r in reapers_at_once(cfg)]
     everything = results[0] + results[1]
     assert sorted(everything) == sorted(f"o{n}" for n in range(20))  # each exactly once
     assert all(ledger.require(f"o{n}").attempts == 1 for n in range(20))

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ConfigFactory, Procs, wait_for
+from conftest import ConfigFactory, Procs, reapers_at_once, wait_for
 from rq.worker import Worker
 from servers import PG_BIN, PostgresServer, _as_postgres, postgres_server
 
@@ -24,24 +23,6 @@ pytestmark = pytest.mark.timeout(180)
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _two_reapers(cfg: Path) -> list[str]:
-    """Two reaper passes at the same moment (two hosts' timers); what each sent again."""
-    sent: list[str] = []
-    barrier = threading.Barrier(2)
-
-    def one() -> None:
-        rt = Runtime.from_path(str(cfg))
-        barrier.wait(10)
-        sent.extend(reap(rt).redispatched)
-
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return sent
 
 
 def test_worker_killed_between_dequeue_and_claim_is_sent_again_once(
@@ -83,7 +64,7 @@ def test_worker_killed_between_dequeue_and_claim_is_sent_again_once(
     while rt.ledger.require(job.id).status != "completed":
         assert time.monotonic() - killed_at < 30, "the job was not sent again"
         started = time.monotonic()
-        got = _two_reapers(cfg)
+        got = [i for r in reapers_at_once(cfg) for i in r.redispatched]
         if got and not sent_at:
             sent_at = time.monotonic()
         sent += got
