@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from conftest import ConfigFactory, Procs, wait_for
 from servers import RedisServer, redis_server
+from sqlalchemy import update
 
 from jobfleet.dispatch import enqueue
-from jobfleet.reaper import reap
+from jobfleet.reaper import REDISPATCH_GRACE, reap
 from jobfleet.runtime import Runtime
+from jobfleet.schema import jobs, utcnow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -283,6 +286,25 @@ def test_pending_job_lost_by_redis_is_sent_again(
     worker = procs.worker(cfg, "w1", "--burst")
     assert worker.wait(60) == 0
     assert _lines(side) == ["l"]
+
+
+def test_a_send_another_reaper_has_claimed_is_left_to_it(
+    make_config: ConfigFactory, sqlite_url: str, redis_url: str
+) -> None:
+    """Reaper A claimed the send of a lost job (the row is unsent until A's send is
+    done); reaper B, reading the row in that moment, must not send it as well. If A dies
+    there, the row is sent once the grace has passed."""
+    rt = _rt(make_config(sqlite_url, redis_url))
+    job = enqueue(rt, "jobhelpers:add", [1, 2])
+    rt.redis.flushall()  # Redis lost its data: the row must be sent again
+    with rt.ledger.engine.begin() as conn:  # enqueued a minute ago
+        old = utcnow() - timedelta(seconds=60)
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(created_at=old))
+    row = rt.ledger.require(job.id)
+    assert rt.ledger.claim_send(row)  # reaper A, between its claim and its send
+    assert reap(rt, grace=REDISPATCH_GRACE).redispatched == []  # reaper B
+    assert reap(rt, grace=0).redispatched == [job.id]  # A died: the next pass sends it
+    assert reap(rt, grace=0).redispatched == []
 
 
 def _restart(server: RedisServer) -> None:

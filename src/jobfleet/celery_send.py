@@ -160,6 +160,8 @@ def redispatch(runtime: Runtime, result: ReapResult, grace: float, batch: int = 
     late = [r for r in rows if r.dispatched and _due_before(r, overdue)]
     listed = queued_ids(runtime, {r.queue for r in late}) if late else set()
     for row in rows:
+        if row.send_claimed_after(young):
+            continue  # another reaper is sending it
         if row.dispatched and (not _due_before(row, overdue) or row.id in listed):
             continue
         if runtime.ledger.claim_send(row) and send(runtime, row):

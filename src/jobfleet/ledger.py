@@ -77,6 +77,12 @@ class JobRow:
         kwargs = json.loads(self.kwargs)
         return list(args), dict(kwargs)
 
+    def send_claimed_after(self, since: datetime) -> bool:
+        """Whether this row is unsent with a ``run_after`` later than ``since``: a reaper
+        claimed its send then (:meth:`Ledger.claim_send` stamps it) and may still be
+        sending it, or it is not due yet. Another reaper leaves it alone until then."""
+        return not self.dispatched and self.run_after is not None and self.run_after > since
+
     def public(self) -> dict[str, Any]:
         """The row as ``jobfleet job show --json`` prints it (times ISO 8601 UTC)."""
         args, kwargs = self.call_args()

@@ -12,7 +12,9 @@
   whose RQ job is missing or finished in Redis (Redis lost its data), or whose retry is
   overdue by ``orphan_after`` (no scheduler alive), or whose RQ job was taken by a worker
   that died before it claimed the row, is sent again. The send is claimed first with a
-  conditional UPDATE, so two reapers send it once.
+  conditional UPDATE, so two reapers send it once; the claim marks the row unsent until
+  the send is done, and a row whose send was claimed less than ``REDISPATCH_GRACE``
+  seconds ago is left to the reaper that claimed it.
 * A worker dies between RQ's dequeue and the ledger claim: the row is still pending and
   its RQ job is either in the queue's intermediate list (one-queue workers; RQ itself
   notices only after its next maintenance, up to about 10 minutes) or in no list at all
@@ -163,6 +165,8 @@ def redispatch(runtime: Runtime, result: ReapResult, grace: float = REDISPATCH_G
     listed = queued_ids(runtime, doubtful)
     abandoned = abandoned_ids(runtime, [r for r in dispatched if statuses.get(r.id) != "scheduled"])
     for row in rows:
+        if row.send_claimed_after(young):
+            continue  # another reaper is sending it
         if row.dispatched:
             status = statuses.get(row.id)
             if status in LIVE_RQ_STATUSES and not (
