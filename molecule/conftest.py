@@ -9,7 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +24,16 @@ import testinfra.utils.ansible_runner
 APP_DIR = "/opt/shop"
 CLI = f"runuser -u jobfleet -- {APP_DIR}/current/venv/bin/jobfleet"
 CONFIG = "/etc/jobfleet/jobfleet.yml"
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[1]))
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+#: The default callback with JSON results and no colour (tests parse the output).
+PLAYBOOK_ENV = {
+    "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+    "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+    "ANSIBLE_FORCE_COLOR": "0",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_ROLES_PATH": str(PROJECT / "roles"),
+}
 
 
 def journal(host: Any, units: str = "jobfleet-*", lines: int = 60) -> str:
@@ -105,3 +120,59 @@ def lab_secret(name: str) -> str:
     root = os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")
     with open(os.path.join(root, ".lab", name), encoding="utf-8") as handle:
         return handle.read().split()[0]
+
+
+def start_playbook(name: str, *extra: str) -> subprocess.Popen[str]:
+    """Start playbooks/NAME against the scenario's hosts, in its own process group (so a
+    test can kill the controller with its forks); stdout and stderr in one pipe."""
+    argv = [str(PLAYBOOK), "-i", inventory(), str(PROJECT / name), *extra]
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **PLAYBOOK_ENV},
+        start_new_session=True,
+    )
+
+
+def run_playbook(
+    name: str,
+    *extra: str,
+    timeout: float = 1200,
+    on_line: Callable[[str], None] | None = None,
+) -> tuple[int, str]:
+    """Run playbooks/NAME, streaming its output to ``on_line``; its exit code (-9 when it
+    was killed after ``timeout`` seconds) and output."""
+    started = time.monotonic()
+    proc = start_playbook(name, *extra)
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+        rc = proc.wait()
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"{name} {' '.join(extra)}: exit {rc} after {time.monotonic() - started:.0f} s")
+    return rc, "".join(lines)
+
+
+def playbook(
+    name: str,
+    *extra: str,
+    timeout: float = 1200,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """Run playbooks/NAME; its output. The test fails on a non-zero exit or a timeout."""
+    rc, out = run_playbook(name, *extra, timeout=timeout, on_line=on_line)
+    if rc != 0:
+        pytest.fail(f"{name} {' '.join(extra)}: exit {rc} (timeout {timeout:.0f} s)\n{out[-6000:]}")
+    return out

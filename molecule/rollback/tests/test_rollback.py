@@ -25,20 +25,24 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APP_DIR, connect, group_hosts, journal, lab_secret, wait_until
+from conftest import (
+    APP_DIR,
+    connect,
+    group_hosts,
+    journal,
+    lab_secret,
+    playbook,
+    start_playbook,
+    wait_until,
+)
 
 WORKER = group_hosts("workers")[0]
 DATA = group_hosts("redis")[0]
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SIDE_EFFECTS = "/var/lib/jobfleet/shop-side-effects.log"
 PYTHON = f"{APP_DIR}/current/venv/bin/python"
 CLI = f"{APP_DIR}/current/venv/bin/jobfleet"
@@ -133,62 +137,6 @@ def wait_done(prefix: str, count: int, timeout: float = 240) -> dict[str, dict[s
         f"missing side effects: {sorted(set(records_) - set(ran))[:10]}"
     )
     return found
-
-
-def playbook(
-    name: str, *extra: str, timeout: float = 900, on_line: Callable[[str], None] | None = None
-) -> str:
-    """Run playbooks/NAME against the scenario's hosts; its output (fails on rc != 0)."""
-    rc, out = run_playbook(name, *extra, timeout=timeout, on_line=on_line)
-    if rc != 0:
-        pytest.fail(f"{name} {' '.join(extra)}: exit {rc}\n{out[-6000:]}")
-    return out
-
-
-def run_playbook(
-    name: str, *extra: str, timeout: float = 900, on_line: Callable[[str], None] | None = None
-) -> tuple[int, str]:
-    started = time.monotonic()
-    proc = start_playbook(name, *extra)
-    deadline = started + timeout
-    lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line)
-            if time.monotonic() > deadline:
-                break
-    finally:
-        if proc.poll() is None and time.monotonic() > deadline:
-            proc.kill()
-        rc = proc.wait()
-    print(f"{name} {' '.join(extra)}: exit {rc} after {time.monotonic() - started:.0f} s")
-    return rc, "".join(lines)
-
-
-#: The default callback with JSON results, no colour: report() parses the Report task.
-PLAYBOOK_ENV = {
-    "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-    "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-    "ANSIBLE_FORCE_COLOR": "0",
-    "ANSIBLE_NOCOLOR": "1",
-    "ANSIBLE_ROLES_PATH": str(PROJECT / "roles"),
-}
-
-
-def start_playbook(name: str, *extra: str) -> subprocess.Popen[str]:
-    """Start playbooks/NAME in its own process group (so a test can kill the controller)."""
-    argv = [str(PLAYBOOK), "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT / name), *extra]
-    return subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **PLAYBOOK_ENV},
-        start_new_session=True,
-    )
 
 
 def report(out: str) -> dict[str, Any]:

@@ -16,23 +16,17 @@ reports the code version that the worker that ran it loaded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APP_DIR, connect, group_hosts, journal, wait_until
+from conftest import APP_DIR, connect, group_hosts, journal, playbook, wait_until
 
 WORKERS = group_hosts("workers")
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SIDE_EFFECTS = "/var/lib/jobfleet/shop-side-effects.log"
 QUEUES = ["default", "backup", "mail", "reports", "slow"]
 #: Which worker serves which queue (inventory/lab/group_vars/all.yml).
@@ -48,34 +42,6 @@ MAIL_EDIT = ('return f"To: {to}', 'return f"X-Shop: 2\\nTo: {to}')
 ITEMS = "    items: tuple[str, ...] = field(default_factory=tuple)\n"
 MODELS_EDIT = (ITEMS, ITEMS + '    note: str = ""\n')
 RECORD_LINE = 'line = f"{socket.gethostname()} {token}\\n".encode()'
-
-
-def playbook(
-    name: str, *extra: str, timeout: float = 1200, on_line: Callable[[str], None] | None = None
-) -> str:
-    """Run playbooks/NAME against the scenario's hosts, streaming its output to ``on_line``;
-    the output (fails the test on rc != 0 or after ``timeout`` seconds)."""
-    argv = [str(PLAYBOOK), "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT / name), *extra]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line)
-        rc = proc.wait()
-    finally:
-        killer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out = "".join(lines)
-    if rc != 0:
-        pytest.fail(f"{' '.join(argv[3:])}: exit {rc} (timeout {timeout:.0f} s)\n{out[-6000:]}")
-    return out
 
 
 def pids(host_name: str) -> dict[str, str]:
