@@ -154,6 +154,11 @@ def test_redis_down_enqueue_succeeds_health_fails(
     assert code == 1
     one_line_error(err, "worker")
     assert "redis unreachable" in err
+    # Rolled back to database polling: no queue needs Redis any more.
+    code, data, _ = run(capsys, "queue", "set-mode", "default", "db", "--config", cfg, "--json")
+    assert code == 0, data
+    code, data, _ = run(capsys, "health", "--config", cfg, "--json")
+    assert (code, data["healthy"], data["redis"], data["database"]) == (0, True, False, True)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ test counts the side effects of its own tokens: each exactly once.
      in the RQ unit of the same definition, at the same time;
   4. emergency rollback of default with a 30 s job in flight;
   5. a rollback whose migrate step is killed halfway (JOBFLEET_MIGRATE_PAUSE_AFTER), then
-     run again; then check mode changes nothing.
+     run again; then check mode changes nothing;
+  6. an emergency rollback of reports and slow with Redis stopped and 40 jobs in it: the
+     ledger alone moves them, the report names them unconfirmed, the poller runs each once.
 """
 
 from __future__ import annotations
@@ -426,3 +428,45 @@ def test_check_mode_changes_nothing(state: dict[str, Any]) -> None:
     assert modes()["catalog"] == "celery"
     assert celery_pid() == state["celery_pid"], "the Celery worker was restarted"
     print(journal(connect(WORKER), lines=5))
+    state["check"] = True
+
+
+def redis_service(action: str) -> None:
+    sh(DATA, f"systemctl {action} redis-server.service")
+
+
+@pytest.mark.timeout(900)
+def test_emergency_rollback_with_redis_gone_runs_from_the_ledger(state: dict[str, Any]) -> None:
+    """Redis dies with jobs waiting in it: the ledger alone moves them (``--redis-lost``),
+    the report names the rows it could not confirm, and the pollers run each job once."""
+    needs(state, "check")
+    prefix = f"{RUN}-lost"
+    msg = report(
+        playbook("playbooks/rollforward.yml", "-e", "jobfleet_rollback_queues=reports,slow")
+    )
+    assert msg["verification"].startswith("ok"), msg
+    sh(WORKER, "systemctl stop jobfleet-reports@1.service")  # the jobs wait in RQ
+    jobs = records(prefix, ["reports", "slow"], 40)
+    enqueue(jobs)
+    assert redis_llen("rq:queue:reports") == 20
+    redis_service("stop")
+    try:
+        out = playbook(
+            "playbooks/rollback.yml",
+            "-e",
+            "jobfleet_rollback_mode=emergency",
+            "-e",
+            "jobfleet_rollback_queues=reports,slow",
+        )
+        msg = report(out)
+        assert msg["verification"].startswith("ok"), msg
+        assert msg["redis"].startswith("NOT ANSWERING"), msg
+        assert modes()["reports"] == modes()["slow"] == "db"
+        unconfirmed = sorted(i for q in ("reports", "slow") for i in msg["moved"][q]["unconfirmed"])
+        assert unconfirmed == sorted(job_id for *_, job_id in jobs), msg["moved"]
+        assert loaded_units().get("jobfleet-reports-poll@1.service") == "active"
+        found = wait_done(prefix, 40)  # each side effect exactly once
+        assert all(r["mode"] == "db" and r["attempts"] == 1 for r in found.values())
+    finally:
+        redis_service("start")
+    print(f"Redis gone: {len(unconfirmed)} rows unconfirmed, run by the poller, each once")

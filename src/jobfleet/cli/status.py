@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobfleet.cli import Output
 from jobfleet.cli._common import ready, runtime
 from jobfleet.schema import STATUSES, jobs, utcnow
+
+if TYPE_CHECKING:
+    from jobfleet.runtime import Runtime
 
 STUCK_FACTOR = 2.0
 """A row is stuck when the reaper should have acted ``STUCK_FACTOR * orphan_after`` ago."""
@@ -20,7 +23,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "health",
         parents=[common],
-        help="exit 0 only if Redis and the ledger answer and nothing is stuck",
+        help="exit 0 only if the ledger and Redis (if a queue uses it) answer, nothing stuck",
     )
     p.set_defaults(handler=run_health)
 
@@ -44,13 +47,6 @@ def run_status(args: argparse.Namespace) -> Output:
 def run_health(args: argparse.Namespace) -> Output:
     rt = runtime(args, logs_to_stderr=True)
     problems: list[str] = []
-    redis_ok = True
-    if rt.has_rq_queues():
-        try:
-            redis_ok = bool(rt.redis.ping())
-        except Exception as exc:
-            redis_ok = False
-            problems.append(f"redis: {type(exc).__name__}")
     stuck: list[str] = []
     try:
         from jobfleet.schema import require_schema
@@ -69,9 +65,32 @@ def run_health(args: argparse.Namespace) -> Output:
     except Exception as exc:
         db_ok = False
         problems.append(f"database: {type(exc).__name__}")
+    needed = needs_redis(rt, db_ok)
+    redis_ok = True  # "redis" reports what Redis does; it counts only while a queue needs it
+    if needed or rt.config.redis_url:
+        try:
+            redis_ok = bool(rt.redis.ping())
+        except Exception as exc:
+            redis_ok = False
+            if needed:
+                problems.append(f"redis: {type(exc).__name__}")
     if stuck:
         problems.append(f"{len(stuck)} stuck job(s)")
-    healthy = redis_ok and db_ok and not stuck
+    healthy = (redis_ok or not needed) and db_ok and not stuck
     data = {"healthy": healthy, "redis": redis_ok, "database": db_ok, "stuck": stuck}
     text = "healthy" if healthy else "unhealthy: " + "; ".join(problems)
     return Output(data, text, exit_code=0 if healthy else 1)
+
+
+def needs_redis(rt: Runtime, db_ok: bool) -> bool:
+    """Whether a queue goes through Redis (``rq``, ``celery``, or migrating): by the modes
+    stored in the ledger, so a fleet rolled back to ``db`` is healthy without Redis; by
+    the config's when the ledger does not answer."""
+    from jobfleet.modes import read
+
+    if db_ok:
+        try:
+            return any(m.mode != "db" for m in read(rt.ledger.engine, rt.config).values())
+        except Exception:  # the ledger went away meanwhile: the config decides
+            pass
+    return any(q.mode != "db" for q in rt.config.queues.values())
