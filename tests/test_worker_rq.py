@@ -205,7 +205,7 @@ def test_restarted_worker_cleanup_leaves_other_workers_jobs_alone(
     cfg = make_config(sqlite_url, redis_url, orphan_after=60)
     rt = _rt(cfg)
     side_a, side_b = tmp_path / "a", tmp_path / "b"
-    a = enqueue(rt, "jobhelpers:slow", [str(side_a), "a", 4.0])
+    a = enqueue(rt, "jobhelpers:slow", [str(side_a), "a", 12.0])
     w1 = procs.worker(cfg, "host:w@1.service")
     _started_pid(side_a, "a")
     b = enqueue(rt, "jobhelpers:slow", [str(side_b), "b", 30.0])
