@@ -39,7 +39,7 @@ from jobfleet.errors import translate
 from jobfleet.runner import Heartbeat, Judgement
 
 if TYPE_CHECKING:
-    from jobfleet.ledger import JobRow
+    from jobfleet.jobrow import JobRow
     from jobfleet.runner import JobRunner
     from jobfleet.runtime import Runtime
 
@@ -88,7 +88,9 @@ class HorseChannel:
         if self.row is None:
             return
         runtime = self.runner.runtime
-        self.heartbeat = WorkerHeartbeat(runtime, self.row, runtime.config.heartbeat_interval)
+        self.heartbeat = WorkerHeartbeat(
+            runtime, self.row, runtime.config.heartbeat_interval, self.runner.ledger
+        )
         self.heartbeat.start()
         self.reader = threading.Thread(target=self._read, name="horse-channel", daemon=True)
         self.reader.start()
@@ -105,7 +107,7 @@ class HorseChannel:
         assert self.row is not None
         if "progress" in message:
             with contextlib.suppress(Exception):  # progress is best effort
-                self.runner.runtime.ledger.set_progress(self.row, float(message["progress"]))
+                self.runner.ledger.set_progress(self.row, float(message["progress"]))
             return
         raw = message.get("judgement")
         judgement = None if raw is None else Judgement(**raw)
