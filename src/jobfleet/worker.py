@@ -9,7 +9,9 @@ How a job travels:
   runs the function (:class:`LedgerJob`); it sends its outcome, and any
   ``jobfleet.progress()``, to the worker over a pipe (:mod:`jobfleet.horse_channel`) and
   waits until the worker has written the ledger. All ledger writes thus use the worker's
-  one warm database connection; a horse opens none.
+  warm database connections; a horse opens none. The worker writes through
+  :class:`~jobfleet.worker_ledger.WorkerLedger` (the plain DBAPI driver, the statements
+  of :mod:`jobfleet.ledger_sql`) and never imports SQLAlchemy.
 * Retries: for a retryable failure the worker sets the row back to ``pending`` with
   ``run_after``, then the horse returns an RQ ``Retry`` with that delay, so RQ itself
   reschedules the same job id. The worker runs RQ's scheduler (``with_scheduler=True``),
