@@ -63,7 +63,7 @@ from rq.serializers import JSONSerializer
 
 from jobfleet.dispatch import send
 from jobfleet.errors import UnavailableError
-from jobfleet.horse_channel import HorseChannel
+from jobfleet.horse_channel import HorseChannel, Relays
 from jobfleet.runner import JobRunner, call, progress_to
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class JobfleetWorker(Worker):
         self.ledger_name = name
         self.runner = JobRunner(runtime, name, "rq", ledger=self.ledger)
         self.channel: HorseChannel | None = None
+        self.relays = Relays()
         self._redispatch: str | None = None
         super().__init__(
             [runtime.rq_queue(q) for q in queues],
@@ -147,7 +148,9 @@ class JobfleetWorker(Worker):
             raise
         if row is not None:
             self.runner.log("JOB_START", row)
-        self.channel = HorseChannel(self.runner, row, stopping=lambda: self._stop_requested)
+        self.channel = HorseChannel(
+            self.runner, row, stopping=lambda: self._stop_requested, relays=self.relays
+        )
         try:
             super().execute_job(job, queue)
         finally:
