@@ -35,7 +35,7 @@ from sqlalchemy.types import TypeEngine
 from jobfleet import ledger_sql
 from jobfleet.errors import JobfleetError, UsageError
 from jobfleet.jobrow import ERROR_MAX_CHARS, SHOW_KEYS, JobRow, cut, iso
-from jobfleet.ledger_sql import Statement
+from jobfleet.ledger_sql import RowLedger, Statement
 from jobfleet.schema import TERMINAL, jobs, make_engine, utcnow
 
 __all__ = ["ERROR_MAX_CHARS", "SHOW_KEYS", "JobRow", "Ledger", "UnknownJobError", "cut", "iso"]
@@ -47,8 +47,9 @@ class UnknownJobError(JobfleetError):
     code = "unknown_job"
 
 
-class Ledger:
-    """Reads and conditional writes against the ledger tables."""
+class Ledger(RowLedger):
+    """Reads and conditional writes against the ledger tables (SQLAlchemy); a job's
+    transitions run the statements of :mod:`jobfleet.ledger_sql` (:class:`RowLedger`)."""
 
     def __init__(self, url_or_engine: str | Engine) -> None:
         self.engine = (
@@ -146,9 +147,6 @@ class Ledger:
             row = conn.execute(stmt).first()
         return None if row is None else JobRow.from_mapping(row._mapping)
 
-    def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
-        return self._won(ledger_sql.set_dispatched(job_id, dispatched))
-
     def claim_send(self, row: JobRow) -> bool:
         """Claim the right to (re)send a pending row: only one of two reapers wins.
 
@@ -168,10 +166,6 @@ class Ledger:
             same_after,
         ]
         return self._update(where, dispatched=False, run_after=utcnow()) is not None
-
-    def claim(self, job_id: str, worker: str) -> JobRow | None:
-        """pending -> running under ``worker``, attempts + 1 (RQ mode: the id is known)."""
-        return self._row(ledger_sql.claim(job_id, worker))
 
     def claim_next(self, queues: Iterable[str], worker: str) -> JobRow | None:
         """Claim the oldest due pending ``db``-mode row of ``queues`` (poller).
@@ -196,24 +190,6 @@ class Ledger:
         where = [jobs.c.id == candidate, jobs.c.status == "pending"]
         return self._update(where, **_running_values(worker, now))
 
-    def heartbeat(self, row: JobRow) -> bool:
-        return self._won(ledger_sql.heartbeat(row))
-
-    def set_progress(self, row: JobRow, percent: float) -> bool:
-        return self._won(ledger_sql.progress(row, percent))
-
-    def complete(self, row: JobRow) -> bool:
-        return self._won(ledger_sql.complete(row))
-
-    def fail(self, row: JobRow, error: str, kind: str) -> bool:
-        return self._won(ledger_sql.fail(row, error, kind))
-
-    def retry_later(
-        self, row: JobRow, error: str, kind: str, delay: float, dispatched: bool
-    ) -> bool:
-        """running -> pending for another attempt after ``delay`` seconds."""
-        return self._won(ledger_sql.retry_later(row, error, kind, delay, dispatched))
-
     # -- running the statements of jobfleet.ledger_sql ---------------------------------
     def _transition(self) -> AbstractContextManager[Connection]:
         """A connection for one single-statement transition (autocommit on PostgreSQL)."""
@@ -231,18 +207,6 @@ class Ledger:
         """Run one of :mod:`jobfleet.ledger_sql`'s UPDATEs; whether it changed the row."""
         with self._transition() as conn:
             return bool(conn.execute(_text(statement), statement.params).rowcount == 1)
-
-    def release(
-        self, row: JobRow, error: str, kind: str, stale_before: datetime | None
-    ) -> JobRow | None:
-        """A running row whose worker is gone: requeue it (attempts left) or fail it.
-
-        ``stale_before`` adds "heartbeat older than this" to the condition (the reaper);
-        None means the caller knows the worker is gone (startup cleanup, killed horse).
-        Requeueing keeps ``first_started_at`` and ``progress``; the row is left
-        undispatched, so the caller (or the next reaper pass) dispatches it.
-        """
-        return self._row(ledger_sql.release(row, error, kind, stale_before))
 
     def cancel(self, job_id: str) -> JobRow:
         row = self.require(job_id)

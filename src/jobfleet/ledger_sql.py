@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from jobfleet.errors import UsageError
 from jobfleet.jobrow import JobRow, cut, utcnow
@@ -181,27 +181,53 @@ def check_version(found: int | None) -> None:
         )
 
 
-class RowLedger(Protocol):
-    """What a job's runner needs from a ledger; both ledgers provide it."""
+class RowLedger:
+    """A job's transitions, for both ledgers: each runs a statement above through its
+    own :meth:`_row` (the row the statement returned) and :meth:`_won` (whether it
+    changed one row)."""
 
-    def get(self, job_id: str) -> JobRow | None: ...
+    def _row(self, statement: Statement) -> JobRow | None:
+        raise NotImplementedError
 
-    def claim(self, job_id: str, worker: str) -> JobRow | None: ...
+    def _won(self, statement: Statement) -> bool:
+        raise NotImplementedError
 
-    def heartbeat(self, row: JobRow) -> bool: ...
+    def get(self, job_id: str) -> JobRow | None:
+        return self._row(get(job_id))
 
-    def set_progress(self, row: JobRow, percent: float) -> bool: ...
+    def claim(self, job_id: str, worker: str) -> JobRow | None:
+        """pending -> running under ``worker``, attempts + 1 (RQ mode: the id is known)."""
+        return self._row(claim(job_id, worker))
 
-    def complete(self, row: JobRow) -> bool: ...
+    def heartbeat(self, row: JobRow) -> bool:
+        return self._won(heartbeat(row))
 
-    def fail(self, row: JobRow, error: str, kind: str) -> bool: ...
+    def set_progress(self, row: JobRow, percent: float) -> bool:
+        return self._won(progress(row, percent))
+
+    def complete(self, row: JobRow) -> bool:
+        return self._won(complete(row))
+
+    def fail(self, row: JobRow, error: str, kind: str) -> bool:
+        return self._won(fail(row, error, kind))
 
     def retry_later(
         self, row: JobRow, error: str, kind: str, delay: float, dispatched: bool
-    ) -> bool: ...
+    ) -> bool:
+        """running -> pending for another attempt after ``delay`` seconds."""
+        return self._won(retry_later(row, error, kind, delay, dispatched))
 
     def release(
         self, row: JobRow, error: str, kind: str, stale_before: datetime | None
-    ) -> JobRow | None: ...
+    ) -> JobRow | None:
+        """A running row whose worker is gone: requeue it (attempts left) or fail it.
 
-    def set_dispatched(self, job_id: str, dispatched: bool) -> bool: ...
+        ``stale_before`` adds "heartbeat older than this" to the condition (the reaper);
+        None means the caller knows the worker is gone (startup cleanup, killed horse).
+        Requeueing keeps ``first_started_at`` and ``progress``; the row is left
+        undispatched, so the caller (or the next reaper pass) dispatches it.
+        """
+        return self._row(release(row, error, kind, stale_before))
+
+    def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
+        return self._won(set_dispatched(job_id, dispatched))

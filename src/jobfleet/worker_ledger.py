@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from jobfleet import ledger_sql
 from jobfleet.errors import UnavailableError, UsageError, first_line, redact
 from jobfleet.jobrow import JobRow
-from jobfleet.ledger_sql import COLUMNS, Statement
+from jobfleet.ledger_sql import COLUMNS, RowLedger, Statement
 
 PG_CONNECT_TIMEOUT = 5
 """Seconds to wait for a PostgreSQL connection (as the CLI's engine)."""
@@ -45,7 +45,7 @@ _TIME_COLUMNS = frozenset(
 )
 
 
-class WorkerLedger:
+class WorkerLedger(RowLedger):
     """The transitions of :class:`~jobfleet.ledger_sql.RowLedger`, without SQLAlchemy."""
 
     def __init__(self, url: str) -> None:
@@ -182,37 +182,6 @@ class WorkerLedger:
                     raise
                 found = None
         ledger_sql.check_version(None if found is None else int(found[0]))
-
-    def get(self, job_id: str) -> JobRow | None:
-        return self._row(ledger_sql.get(job_id))
-
-    def claim(self, job_id: str, worker: str) -> JobRow | None:
-        return self._row(ledger_sql.claim(job_id, worker))
-
-    def heartbeat(self, row: JobRow) -> bool:
-        return self._won(ledger_sql.heartbeat(row))
-
-    def set_progress(self, row: JobRow, percent: float) -> bool:
-        return self._won(ledger_sql.progress(row, percent))
-
-    def complete(self, row: JobRow) -> bool:
-        return self._won(ledger_sql.complete(row))
-
-    def fail(self, row: JobRow, error: str, kind: str) -> bool:
-        return self._won(ledger_sql.fail(row, error, kind))
-
-    def retry_later(
-        self, row: JobRow, error: str, kind: str, delay: float, dispatched: bool
-    ) -> bool:
-        return self._won(ledger_sql.retry_later(row, error, kind, delay, dispatched))
-
-    def release(
-        self, row: JobRow, error: str, kind: str, stale_before: datetime | None
-    ) -> JobRow | None:
-        return self._row(ledger_sql.release(row, error, kind, stale_before))
-
-    def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
-        return self._won(ledger_sql.set_dispatched(job_id, dispatched))
 
 
 def sqlite_path(url: str) -> str:
