@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from jobfleet.errors import UsageError
 
 if TYPE_CHECKING:
-    from jobfleet.ledger import JobRow
+    from jobfleet.jobrow import JobRow
+    from jobfleet.ledger_sql import RowLedger
     from jobfleet.runtime import Runtime
 
 RESULT_TTL = 600
@@ -128,8 +129,10 @@ def enqueue(
     return Enqueued(row.id, queue, send(runtime, row))
 
 
-def send(runtime: Runtime, row: JobRow) -> bool:
+def send(runtime: Runtime, row: JobRow, ledger: RowLedger | None = None) -> bool:
     """Put ``row`` on its RQ queue under its own id; False when Redis does not answer.
+
+    ``ledger`` records the send (default: the runtime's; the worker passes its own).
 
     A stale RQ copy under the same id (failed, finished, from a dead worker) is deleted
     first, so it cannot clobber the new one. A ``celery``-mode row goes to its Celery
@@ -166,7 +169,7 @@ def send(runtime: Runtime, row: JobRow) -> bool:
         )
     except (RedisError, OSError):
         return False
-    runtime.ledger.set_dispatched(row.id, True)
+    (runtime.ledger if ledger is None else ledger).set_dispatched(row.id, True)
     return True
 
 

@@ -21,6 +21,12 @@ attempt alive in Redis (:func:`alive_key`, expiring after ``orphan_after``), and
 reaper leaves such a row alone: the worker is alive, only cut off from the database.
 Once a shutdown is asked for, the reader gives up after :data:`STOP_GRACE` seconds,
 with one line; the row is then left to the reaper.
+
+Threads: the reader and the heartbeat run on two long-lived :class:`Relay` threads of
+the worker, handed each job's task, not on two new threads per job (starting a thread
+waits until it runs: milliseconds per job on a busy host). A relay still stuck in a
+task it was given (a process the job forked holds the pipe open; a beat hangs on a dead
+server) is left behind and a fresh one serves the next job, as a per-job thread would.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from jobfleet.errors import translate
 from jobfleet.runner import Heartbeat, Judgement
 
 if TYPE_CHECKING:
-    from jobfleet.ledger import JobRow
+    from jobfleet.jobrow import JobRow
     from jobfleet.runner import JobRunner
     from jobfleet.runtime import Runtime
 
@@ -65,6 +71,70 @@ class WorkerHeartbeat(Heartbeat):
             runtime.redis.set(alive_key(self.row), "1", ex=ttl)
 
 
+class Relay:
+    """One long-lived daemon thread that runs the tasks it is handed, one at a time.
+
+    :meth:`ready` is a relay that can take a task now: this one, or a fresh one when
+    this one is still busy with an earlier task (that thread is then left behind).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._task: Callable[[], object] | None = None
+        self._thread: threading.Thread | None = None
+
+    def ready(self) -> Relay:
+        return Relay(self.name) if self.busy() else self
+
+    def busy(self) -> bool:
+        return self._task is not None
+
+    def submit(self, task: Callable[[], object]) -> None:
+        """Hand ``task`` to the thread (started on first use); does not wait for it."""
+        with self._cond:
+            if self._task is not None:
+                raise RuntimeError(f"relay {self.name} is busy")
+            self._task = task
+            self._cond.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()  # once per worker, not once per job
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the task to end; whether it has."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._task is None, timeout)
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._task is not None)
+                task = self._task
+            assert task is not None
+            try:
+                task()
+            except Exception as exc:  # a task's own error must not end the relay
+                _say(f"{self.name}: {exc!r}")
+            finally:
+                with self._cond:
+                    self._task = None
+                    self._cond.notify_all()
+
+
+class Relays:
+    """The worker's two relays: the horse reader and the heartbeat."""
+
+    def __init__(self) -> None:
+        self.reader = Relay("horse-channel")
+        self.heartbeat = Relay("heartbeat")
+
+    def take(self) -> tuple[Relay, Relay]:
+        """Two relays free for the next job."""
+        self.reader, self.heartbeat = self.reader.ready(), self.heartbeat.ready()
+        return self.reader, self.heartbeat
+
+
 class HorseChannel:
     """Created by the worker before the fork; each side closes the ends it does not use."""
 
@@ -73,12 +143,15 @@ class HorseChannel:
         runner: JobRunner,
         row: JobRow | None,
         stopping: Callable[[], bool] = lambda: False,
+        relays: Relays | None = None,
     ) -> None:
         self.runner, self.row, self.stopping = runner, row, stopping
+        self.relays = relays or Relays()
         self.up_read, self.up_write = os.pipe()  # horse -> worker
         self.down_read, self.down_write = os.pipe()  # worker -> horse
         self.open_fds = {self.up_read, self.up_write, self.down_read, self.down_write}
-        self.reader: threading.Thread | None = None
+        self.reader: Relay | None = None
+        self.beating: Relay | None = None
         self.heartbeat: Heartbeat | None = None
         self.recording = False
 
@@ -88,10 +161,12 @@ class HorseChannel:
         if self.row is None:
             return
         runtime = self.runner.runtime
-        self.heartbeat = WorkerHeartbeat(runtime, self.row, runtime.config.heartbeat_interval)
-        self.heartbeat.start()
-        self.reader = threading.Thread(target=self._read, name="horse-channel", daemon=True)
-        self.reader.start()
+        self.heartbeat = WorkerHeartbeat(
+            runtime, self.row, runtime.config.heartbeat_interval, self.runner.ledger
+        )
+        self.reader, self.beating = self.relays.take()
+        self.beating.submit(self.heartbeat.run)  # the loop of Heartbeat, on the relay
+        self.reader.submit(self._read)
 
     def _read(self) -> None:
         buffer = b""
@@ -105,7 +180,7 @@ class HorseChannel:
         assert self.row is not None
         if "progress" in message:
             with contextlib.suppress(Exception):  # progress is best effort
-                self.runner.runtime.ledger.set_progress(self.row, float(message["progress"]))
+                self.runner.ledger.set_progress(self.row, float(message["progress"]))
             return
         raw = message.get("judgement")
         judgement = None if raw is None else Judgement(**raw)
@@ -151,15 +226,15 @@ class HorseChannel:
         if self.reader is None:
             return
         deadline = time.monotonic() + timeout
-        while self.reader.is_alive():
-            self.reader.join(0.5)
+        while not self.reader.wait(0.5):
             if not self.recording and time.monotonic() > deadline:
                 return
 
     def close(self) -> None:
         self.drain()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
+        if self.heartbeat is not None and self.beating is not None:
+            self.heartbeat.stopped.set()
+            self.beating.wait(self.heartbeat.interval + 5)
         self._close(*self.open_fds)
 
     def _close(self, *fds: int) -> None:

@@ -7,16 +7,17 @@ changes only through :meth:`Ledger.operator_retry`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
+    DateTime,
     Engine,
     Executable,
     and_,
@@ -25,15 +26,19 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import TypeEngine
 
+from jobfleet import ledger_sql
 from jobfleet.errors import JobfleetError, UsageError
+from jobfleet.jobrow import ERROR_MAX_CHARS, SHOW_KEYS, JobRow, cut, iso
+from jobfleet.ledger_sql import RowLedger, Statement
 from jobfleet.schema import TERMINAL, jobs, make_engine, utcnow
 
-ERROR_MAX_CHARS = 4000
-"""The ledger keeps this much of an error text."""
+__all__ = ["ERROR_MAX_CHARS", "SHOW_KEYS", "JobRow", "Ledger", "UnknownJobError", "cut", "iso"]
 
 
 class UnknownJobError(JobfleetError):
@@ -42,92 +47,9 @@ class UnknownJobError(JobfleetError):
     code = "unknown_job"
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """One ledger row, as read."""
-
-    id: str
-    queue: str
-    func: str
-    args: str
-    kwargs: str
-    status: str
-    mode: str
-    progress: float
-    attempts: int
-    max_attempts: int
-    worker: str | None
-    heartbeat_at: datetime | None
-    error: str | None
-    error_kind: str | None
-    created_at: datetime
-    first_started_at: datetime | None
-    last_started_at: datetime | None
-    finished_at: datetime | None
-    run_after: datetime | None
-    dispatched: bool
-
-    @classmethod
-    def from_mapping(cls, mapping: Any) -> JobRow:
-        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
-
-    def call_args(self) -> tuple[list[Any], dict[str, Any]]:
-        """The decoded positional and keyword arguments."""
-        args = json.loads(self.args)
-        kwargs = json.loads(self.kwargs)
-        return list(args), dict(kwargs)
-
-    def send_claimed_after(self, since: datetime) -> bool:
-        """Whether this row is unsent with a ``run_after`` later than ``since``: a reaper
-        claimed its send then (:meth:`Ledger.claim_send` stamps it) and may still be
-        sending it, or it is not due yet. Another reaper leaves it alone until then."""
-        return not self.dispatched and self.run_after is not None and self.run_after > since
-
-    def public(self) -> dict[str, Any]:
-        """The row as ``jobfleet job show --json`` prints it (times ISO 8601 UTC)."""
-        args, kwargs = self.call_args()
-        out: dict[str, Any] = {}
-        for name in SHOW_KEYS:
-            value = kwargs if name == "kwargs" else args if name == "args" else getattr(self, name)
-            out[name] = iso(value) if isinstance(value, datetime) else value
-        return out
-
-
-SHOW_KEYS = (
-    "id",
-    "queue",
-    "func",
-    "args",
-    "kwargs",
-    "status",
-    "mode",
-    "progress",
-    "attempts",
-    "max_attempts",
-    "worker",
-    "heartbeat_at",
-    "error",
-    "error_kind",
-    "created_at",
-    "first_started_at",
-    "last_started_at",
-    "finished_at",
-    "dispatched",
-)
-"""The keys of ``job show --json``, pinned by docs/contracts.md."""
-
-
-def iso(value: datetime | None) -> str | None:
-    """Naive UTC -> ISO 8601 with an explicit ``Z``."""
-    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
-
-
-def cut(text: str | None) -> str | None:
-    return None if text is None else text[:ERROR_MAX_CHARS]
-
-
-class Ledger:
-    """Reads and conditional writes against the ledger tables."""
+class Ledger(RowLedger):
+    """Reads and conditional writes against the ledger tables (SQLAlchemy); a job's
+    transitions run the statements of :mod:`jobfleet.ledger_sql` (:class:`RowLedger`)."""
 
     def __init__(self, url_or_engine: str | Engine) -> None:
         self.engine = (
@@ -225,10 +147,6 @@ class Ledger:
             row = conn.execute(stmt).first()
         return None if row is None else JobRow.from_mapping(row._mapping)
 
-    def set_dispatched(self, job_id: str, dispatched: bool) -> bool:
-        where = [jobs.c.id == job_id, jobs.c.status == "pending"]
-        return self._update(where, dispatched=dispatched) is not None
-
     def claim_send(self, row: JobRow) -> bool:
         """Claim the right to (re)send a pending row: only one of two reapers wins.
 
@@ -248,14 +166,6 @@ class Ledger:
             same_after,
         ]
         return self._update(where, dispatched=False, run_after=utcnow()) is not None
-
-    def claim(self, job_id: str, worker: str) -> JobRow | None:
-        """pending -> running under ``worker``, attempts + 1 (RQ mode: the id is known)."""
-        now = utcnow()
-        params = {"b_id": job_id, "b_worker": worker, "b_now": now}
-        with self._transition() as conn:
-            row = conn.execute(_CLAIM, params).first()
-        return None if row is None else JobRow.from_mapping(row._mapping)
 
     def claim_next(self, queues: Iterable[str], worker: str) -> JobRow | None:
         """Claim the oldest due pending ``db``-mode row of ``queues`` (poller).
@@ -280,75 +190,23 @@ class Ledger:
         where = [jobs.c.id == candidate, jobs.c.status == "pending"]
         return self._update(where, **_running_values(worker, now))
 
-    def _owned(self, row: JobRow) -> list[ColumnElement[bool]]:
-        return [
-            jobs.c.id == row.id,
-            jobs.c.status == "running",
-            jobs.c.worker == row.worker,
-            jobs.c.attempts == row.attempts,
-        ]
-
-    def heartbeat(self, row: JobRow) -> bool:
-        return self._owned_update(_HEARTBEAT, row, b_now=utcnow())
-
-    def set_progress(self, row: JobRow, percent: float) -> bool:
-        return self._owned_update(_PROGRESS, row, b_progress=percent, b_now=utcnow())
-
-    def complete(self, row: JobRow) -> bool:
-        return self._owned_update(_COMPLETE, row, b_now=utcnow())
-
-    def fail(self, row: JobRow, error: str, kind: str) -> bool:
-        return self._owned_update(_FAIL, row, b_now=utcnow(), b_error=cut(error), b_error_kind=kind)
-
-    def retry_later(
-        self, row: JobRow, error: str, kind: str, delay: float, dispatched: bool
-    ) -> bool:
-        """running -> pending for another attempt after ``delay`` seconds."""
-        return self._owned_update(
-            _RETRY_LATER,
-            row,
-            b_error=cut(error),
-            b_error_kind=kind,
-            b_dispatched=dispatched,
-            b_run_after=utcnow() + timedelta(seconds=delay),
-        )
-
-    # -- the hot path: prebuilt statements -------------------------------------------
+    # -- running the statements of jobfleet.ledger_sql ---------------------------------
     def _transition(self) -> AbstractContextManager[Connection]:
         """A connection for one single-statement transition (autocommit on PostgreSQL)."""
         if self._single is not None:
             return self._single.connect()
         return self.engine.begin()
 
-    def _owned_update(self, stmt: Executable, row: JobRow, **params: Any) -> bool:
-        """One of the prebuilt UPDATEs of a row this worker owns; whether it won."""
-        params.update(b_id=row.id, b_worker=row.worker, b_attempts=row.attempts)
+    def _row(self, statement: Statement) -> JobRow | None:
+        """Run one of :mod:`jobfleet.ledger_sql`'s statements; the row it returned."""
         with self._transition() as conn:
-            return bool(conn.execute(stmt, params).rowcount == 1)
+            row = conn.execute(_text(statement), statement.params).first()
+        return None if row is None else JobRow.from_mapping(row._mapping)
 
-    def release(
-        self, row: JobRow, error: str, kind: str, stale_before: datetime | None
-    ) -> JobRow | None:
-        """A running row whose worker is gone: requeue it (attempts left) or fail it.
-
-        ``stale_before`` adds "heartbeat older than this" to the condition (the reaper);
-        None means the caller knows the worker is gone (startup cleanup, killed horse).
-        Requeueing keeps ``first_started_at`` and ``progress``; the row is left
-        undispatched, so the caller (or the next reaper pass) dispatches it.
-        """
-        where = self._owned(row)
-        if stale_before is not None:
-            where.append((jobs.c.heartbeat_at < stale_before) | jobs.c.heartbeat_at.is_(None))
-        if row.attempts < row.max_attempts:
-            values: dict[str, Any] = {
-                "status": "pending",
-                "dispatched": False,
-                "heartbeat_at": None,
-                "run_after": None,
-            }
-        else:
-            values = {"status": "failed", "finished_at": utcnow()}
-        return self._update(where, error=cut(error), error_kind=kind, **values)
+    def _won(self, statement: Statement) -> bool:
+        """Run one of :mod:`jobfleet.ledger_sql`'s UPDATEs; whether it changed the row."""
+        with self._transition() as conn:
+            return bool(conn.execute(_text(statement), statement.params).rowcount == 1)
 
     def cancel(self, job_id: str) -> JobRow:
         row = self.require(job_id)
@@ -396,72 +254,6 @@ class Ledger:
             return int(conn.execute(stmt).rowcount)
 
 
-# The transitions a worker makes for every job are built once: SQLAlchemy then reuses
-# their compiled form and cache key, so a job costs two short statements, not two
-# statement constructions (which took longer than SQLite's own work). Only ``claim``
-# reads the row back (RETURNING); the others need only whether they won (rowcount).
-_OWNED = and_(
-    jobs.c.id == bindparam("b_id"),
-    jobs.c.status == "running",
-    jobs.c.worker == bindparam("b_worker"),
-    jobs.c.attempts == bindparam("b_attempts"),
-)
-_CLAIM = (
-    update(jobs)
-    .where(jobs.c.id == bindparam("b_id"), jobs.c.status == "pending")
-    .values(
-        status="running",
-        worker=bindparam("b_worker"),
-        attempts=jobs.c.attempts + 1,
-        heartbeat_at=bindparam("b_now"),
-        last_started_at=bindparam("b_now"),
-        first_started_at=func.coalesce(jobs.c.first_started_at, bindparam("b_now")),
-        run_after=None,
-    )
-    .returning(*jobs.c)
-)
-_HEARTBEAT = update(jobs).where(_OWNED).values(heartbeat_at=bindparam("b_now"))
-_PROGRESS = (
-    update(jobs)
-    .where(_OWNED)
-    .values(progress=bindparam("b_progress"), heartbeat_at=bindparam("b_now"))
-)
-_COMPLETE = (
-    update(jobs)
-    .where(_OWNED)
-    .values(
-        status="completed",
-        progress=100.0,
-        finished_at=bindparam("b_now"),
-        heartbeat_at=bindparam("b_now"),
-        error=None,
-        error_kind=None,
-    )
-)
-_FAIL = (
-    update(jobs)
-    .where(_OWNED)
-    .values(
-        status="failed",
-        finished_at=bindparam("b_now"),
-        error=bindparam("b_error"),
-        error_kind=bindparam("b_error_kind"),
-    )
-)
-_RETRY_LATER = (
-    update(jobs)
-    .where(_OWNED)
-    .values(
-        status="pending",
-        error=bindparam("b_error"),
-        error_kind=bindparam("b_error_kind"),
-        heartbeat_at=None,
-        dispatched=bindparam("b_dispatched"),
-        run_after=bindparam("b_run_after"),
-    )
-)
-
-
 def _running_values(worker: str, now: datetime) -> dict[str, Any]:
     return {
         "status": "running",
@@ -472,3 +264,23 @@ def _running_values(worker: str, now: datetime) -> dict[str, Any]:
         "first_started_at": func.coalesce(jobs.c.first_started_at, now),
         "run_after": None,
     }
+
+
+_PARAM_TYPES: dict[str, TypeEngine[Any]] = {
+    **{name: DateTime() for name in ledger_sql.TIME_PARAMS},
+    **{name: Boolean() for name in ledger_sql.BOOL_PARAMS},
+}
+
+
+@cache
+def _clause(sql: str, returns_row: bool) -> Executable:
+    """``text()`` of a shared statement, typed as the table's columns, built once per text."""
+    names = [n for n in ledger_sql.param_names(sql) if n in _PARAM_TYPES]
+    clause = text(sql).bindparams(*(bindparam(n, type_=_PARAM_TYPES[n]) for n in names))
+    if returns_row:
+        return clause.columns(*(jobs.c[name] for name in ledger_sql.COLUMNS))
+    return clause
+
+
+def _text(statement: Statement) -> Executable:
+    return _clause(statement.sql, statement.returns_row)

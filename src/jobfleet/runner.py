@@ -24,7 +24,8 @@ from jobfleet.dispatch import resolve
 from jobfleet.errors import JobfleetError, UsageError
 
 if TYPE_CHECKING:
-    from jobfleet.ledger import JobRow
+    from jobfleet.jobrow import JobRow
+    from jobfleet.ledger_sql import RowLedger
     from jobfleet.runtime import Runtime
 
 
@@ -44,18 +45,22 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 
 class Heartbeat(threading.Thread):
-    """Refreshes ``heartbeat_at`` of the running row every ``interval`` seconds."""
+    """Refreshes ``heartbeat_at`` of the running row every ``interval`` seconds (through
+    ``ledger``, by default the runtime's)."""
 
-    def __init__(self, runtime: Runtime, row: JobRow, interval: float) -> None:
+    def __init__(
+        self, runtime: Runtime, row: JobRow, interval: float, ledger: RowLedger | None = None
+    ) -> None:
         super().__init__(name=f"heartbeat-{row.id}", daemon=True)
         self.runtime, self.row, self.interval = runtime, row, max(interval, 0.05)
+        self.ledger: RowLedger = runtime.ledger if ledger is None else ledger
         self.stopped = threading.Event()
         self.lost = False
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
-                if not self.runtime.ledger.heartbeat(self.row):
+                if not self.ledger.heartbeat(self.row):
                     self.lost = True  # the reaper or an operator took the row away
                     return
             except Exception as exc:  # a missed beat is retried on the next tick
@@ -121,17 +126,24 @@ def call(row: JobRow, timeout: int | None = None) -> tuple[Any, BaseException | 
 
 
 class JobRunner:
-    """Claims, records and logs ledger rows for one worker name, in ``rq`` or ``db`` mode."""
+    """Claims, records and logs ledger rows for one worker name, in ``rq`` or ``db`` mode.
 
-    def __init__(self, runtime: Runtime, worker: str, mode: str) -> None:
+    ``ledger`` is the runtime's SQLAlchemy ledger unless given (the RQ worker passes its
+    :class:`~jobfleet.worker_ledger.WorkerLedger`).
+    """
+
+    def __init__(
+        self, runtime: Runtime, worker: str, mode: str, ledger: RowLedger | None = None
+    ) -> None:
         self.runtime, self.worker, self.mode = runtime, worker, mode
+        self.ledger: RowLedger = runtime.ledger if ledger is None else ledger
 
     def log(self, event: str, row: JobRow, **fields: Any) -> None:
         logs.emit_row(event, row, self.worker, stream=self.runtime.stream, **fields)
 
     def claim(self, job_id: str) -> JobRow | None:
         """RQ mode: pending -> running by id; None (and one log line) when it cannot run."""
-        ledger = self.runtime.ledger
+        ledger = self.ledger
         row = ledger.claim(job_id, self.worker)
         if row is not None:
             return row
@@ -172,10 +184,11 @@ class JobRunner:
     def run(self, row: JobRow, timeout: int | None = None) -> Outcome:
         """Run a claimed row in this process (poller): heartbeat, call, record."""
         self.log("JOB_START", row)
-        heartbeat = Heartbeat(self.runtime, row, self.runtime.config.heartbeat_interval)
+        interval = self.runtime.config.heartbeat_interval
+        heartbeat = Heartbeat(self.runtime, row, interval, self.ledger)
         heartbeat.start()
         try:
-            with progress_to(lambda p: self.runtime.ledger.set_progress(row, p)):
+            with progress_to(lambda p: self.ledger.set_progress(row, p)):
                 value, error, duration_ms = call(row, timeout)
         finally:
             heartbeat.stop()
@@ -186,7 +199,7 @@ class JobRunner:
 
     def record(self, row: JobRow, judgement: Judgement | None, duration_ms: int) -> str:
         """Write the outcome of one run; returns success, retry, failed or dropped."""
-        ledger = self.runtime.ledger
+        ledger = self.ledger
         if judgement is None:
             if ledger.complete(row):
                 self.log("JOB_SUCCESS", row, duration_ms=duration_ms, fatal=False, will_retry=False)

@@ -7,11 +7,13 @@ from functools import cached_property
 from typing import IO, TYPE_CHECKING
 
 from jobfleet.config import Config, load_config
-from jobfleet.ledger import Ledger
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
+
+    from jobfleet.ledger import Ledger
+    from jobfleet.worker_ledger import WorkerLedger
 
 REDIS_CONNECT_TIMEOUT = 3.0
 """Seconds to wait for a TCP connection to Redis before calling it unreachable."""
@@ -37,7 +39,17 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
+        """The SQLAlchemy ledger (CLI, reaper, poller)."""
+        from jobfleet.ledger import Ledger
+
         return Ledger(self.config.database_url)
+
+    @cached_property
+    def worker_ledger(self) -> WorkerLedger:
+        """The RQ worker's ledger: the same transitions without SQLAlchemy."""
+        from jobfleet.worker_ledger import WorkerLedger
+
+        return WorkerLedger(self.config.database_url)
 
     @cached_property
     def redis(self) -> Redis:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -27,20 +26,34 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
-    select,
 )
 from sqlalchemy.engine import make_url
 
 from jobfleet.errors import UsageError
+from jobfleet.jobrow import STATUSES, TERMINAL, utcnow
+from jobfleet.ledger_sql import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_SQL,
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_PRAGMAS,
+    check_version,
+)
 
-SCHEMA_VERSION = 2
-"""The ledger schema this runtime writes; ``db init`` records it (v2 adds queue modes)."""
-
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-"""How long a SQLite writer waits for the lock before giving up."""
-
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-TERMINAL = ("completed", "failed", "cancelled")
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "STATUSES",
+    "TERMINAL",
+    "current_version",
+    "init_db",
+    "jobs",
+    "make_engine",
+    "metadata",
+    "queue_modes",
+    "require_schema",
+    "schema_version",
+    "utcnow",
+]
 
 metadata = MetaData()
 
@@ -91,11 +104,6 @@ schema_version = Table(
 )
 
 
-def utcnow() -> datetime:
-    """Naive UTC (the ledger stores naive UTC times on every backend)."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with this project's settings; safe across ``fork()``."""
     parsed = make_url(url)
@@ -132,9 +140,8 @@ def make_engine(url: str) -> Engine:
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 
@@ -147,9 +154,7 @@ def current_version(engine: Engine) -> int | None:
     if not inspect(engine).has_table(schema_version.name):
         return None
     with engine.connect() as conn:
-        return conn.execute(
-            select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)
-        ).scalar()
+        return conn.exec_driver_sql(SCHEMA_VERSION_SQL).scalar()
 
 
 def init_db(engine: Engine) -> bool:
@@ -173,11 +178,4 @@ def init_db(engine: Engine) -> bool:
 
 def require_schema(engine: Engine) -> None:
     """Fail with one line unless ``db init`` has run against this ledger."""
-    found = current_version(engine)
-    if found is None:
-        raise UsageError("the ledger has no schema; run `jobfleet db init` first")
-    if found != SCHEMA_VERSION:
-        raise UsageError(
-            f"ledger schema version {found} does not match this runtime ({SCHEMA_VERSION}); "
-            "run `jobfleet db init`"
-        )
+    check_version(current_version(engine))

@@ -9,7 +9,9 @@ How a job travels:
   runs the function (:class:`LedgerJob`); it sends its outcome, and any
   ``jobfleet.progress()``, to the worker over a pipe (:mod:`jobfleet.horse_channel`) and
   waits until the worker has written the ledger. All ledger writes thus use the worker's
-  one warm database connection; a horse opens none.
+  warm database connections; a horse opens none. The worker writes through
+  :class:`~jobfleet.worker_ledger.WorkerLedger` (the plain DBAPI driver, the statements
+  of :mod:`jobfleet.ledger_sql`) and never imports SQLAlchemy.
 * Retries: for a retryable failure the worker sets the row back to ``pending`` with
   ``run_after``, then the horse returns an RQ ``Retry`` with that delay, so RQ itself
   reschedules the same job id. The worker runs RQ's scheduler (``with_scheduler=True``),
@@ -58,11 +60,10 @@ from typing import TYPE_CHECKING, Any
 from rq import Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobfleet.dispatch import send
-from jobfleet.errors import translate
-from jobfleet.horse_channel import HorseChannel
+from jobfleet.errors import UnavailableError
+from jobfleet.horse_channel import HorseChannel, Relays
 from jobfleet.runner import JobRunner, call, progress_to
 
 if TYPE_CHECKING:
@@ -118,9 +119,11 @@ class JobfleetWorker(Worker):
 
     def __init__(self, runtime: Runtime, queues: list[str], name: str) -> None:
         self.runtime = runtime
+        self.ledger = runtime.worker_ledger
         self.ledger_name = name
-        self.runner = JobRunner(runtime, name, "rq")
+        self.runner = JobRunner(runtime, name, "rq", ledger=self.ledger)
         self.channel: HorseChannel | None = None
+        self.relays = Relays()
         self._redispatch: str | None = None
         super().__init__(
             [runtime.rq_queue(q) for q in queues],
@@ -134,10 +137,10 @@ class JobfleetWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
             row = self.runner.claim(job.id)
-        except (OperationalError, InterfaceError) as exc:
+        except UnavailableError as exc:
             # The ledger is unreachable: the job is not run, and not lost either.
             self.give_back(job, queue)
-            _say(f"{translate(exc)}; job {job.id} put back on queue {queue.name}")
+            _say(f"{exc}; job {job.id} put back on queue {queue.name}")
             self.wait_for_ledger()
             return
         except BaseException:  # e.g. a shutdown signal during a slow claim
@@ -145,7 +148,9 @@ class JobfleetWorker(Worker):
             raise
         if row is not None:
             self.runner.log("JOB_START", row)
-        self.channel = HorseChannel(self.runner, row, stopping=lambda: self._stop_requested)
+        self.channel = HorseChannel(
+            self.runner, row, stopping=lambda: self._stop_requested, relays=self.relays
+        )
         try:
             super().execute_job(job, queue)
         finally:
@@ -153,9 +158,9 @@ class JobfleetWorker(Worker):
             self.channel = None
         job_id, self._redispatch = self._redispatch, None
         if job_id is not None:  # after RQ has recorded its own failure of the dead horse
-            current = self.runtime.ledger.get(job_id)
+            current = self.ledger.get(job_id)
             if current is not None and current.status == "pending":
-                send(self.runtime, current)
+                send(self.runtime, current, ledger=self.ledger)
 
     def give_back(self, job: Job, queue: Queue) -> None:
         """Put a dequeued job that was not run back at the front of its queue."""
@@ -166,8 +171,8 @@ class JobfleetWorker(Worker):
 
     def wait_for_ledger(self) -> None:
         """Take no job until the ledger answers (or a shutdown is asked for)."""
-        ledger = self.runtime.ledger
-        ledger.engine.dispose()  # pooled connections to a restarted server are dead
+        ledger = self.ledger
+        ledger.dispose()  # pooled connections to a restarted server are dead
         delay = 1.0
         while not self._stop_requested:
             try:
@@ -204,7 +209,7 @@ class JobfleetWorker(Worker):
         """Record a work horse that died by a signal (OOM killer, kill -9) right away."""
         if self.channel is not None:
             self.channel.drain()  # an outcome the horse sent before it died comes first
-        ledger = self.runtime.ledger
+        ledger = self.ledger
         row = ledger.get(job.id)
         if row is None or row.status != "running" or row.worker != self.ledger_name:
             return

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 from jobfleet.errors import UsageError
 from jobfleet.runtime import Runtime
-from jobfleet.schema import require_schema
 
 
 def runtime(args: argparse.Namespace, logs_to_stderr: bool = False) -> Runtime:
@@ -19,6 +18,8 @@ def runtime(args: argparse.Namespace, logs_to_stderr: bool = False) -> Runtime:
 
 def ready(args: argparse.Namespace, logs_to_stderr: bool = True) -> Runtime:
     """A runtime whose ledger answers and carries this runtime's schema."""
+    from jobfleet.schema import require_schema  # SQLAlchemy: not for `jobfleet worker`
+
     rt = runtime(args, logs_to_stderr)
     require_schema(rt.ledger.engine)
     return rt

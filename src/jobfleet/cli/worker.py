@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from jobfleet.cli import Output
-from jobfleet.cli._common import queue_list, ready
+from jobfleet.cli._common import queue_list, ready, runtime
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -35,7 +35,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def run_worker(args: argparse.Namespace) -> Output:
     from jobfleet.worker import run_worker as work
 
-    rt = ready(args, logs_to_stderr=False)
+    rt = runtime(args, logs_to_stderr=False)
+    rt.worker_ledger.require_schema()  # the worker runs without SQLAlchemy
     work(rt, args.queues, args.name, burst=args.burst)
     return Output(None)
 
