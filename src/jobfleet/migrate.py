@@ -28,16 +28,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
-    String,
-    any_,
+    Text,
+    cast,
     func,
     insert,
     literal,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from jobfleet import modes
 from jobfleet.backup import rq_keys
@@ -64,20 +64,56 @@ BATCH = 2000
 SOURCES = ("queued", "intermediate", "scheduled", "deferred")
 """The RQ structures whose jobs are still waiting to run (``started`` ones are running)."""
 
+VERIFY_CHUNK = 10_000
+"""Ids per verification query and per read of the id set (memory stays bounded)."""
+
 MAX_ROUNDS = 1_000_000
 """A bound on batches per source, so a misbehaving Redis cannot loop us forever."""
 
-# Pop the head of a list when it is the expected id, else remove the id wherever it is.
+# Take a batch of jobs out of one RQ structure and delete their job hashes, atomically.
+# KEYS[1]: the list or zset; ARGV[1]: "list" or "zset"; ARGV[2]: the job hash key prefix;
+# ARGV[3]: the ids, a JSON array. A list whose head is exactly those ids (the usual case:
+# the batch was read from the head and nothing took it meanwhile) is trimmed in one LTRIM,
+# O(batch); otherwise each id is removed wherever it is (LREM, O(list) each).
 _REMOVE_LUA = """
-local n = 0
-for i, id in ipairs(ARGV) do
-  if redis.call('LINDEX', KEYS[1], 0) == id then
-    redis.call('LPOP', KEYS[1]); n = n + 1
+local ids = cjson.decode(ARGV[3])
+local n = #ids
+if n == 0 then return 0 end
+local removed = 0
+if ARGV[1] == 'zset' then
+  for i = 1, n, 1000 do
+    removed = removed + redis.call('ZREM', KEYS[1], unpack(ids, i, math.min(i + 999, n)))
+  end
+else
+  local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+  local same = #head == n
+  for i = 1, n do
+    if not same then break end
+    same = head[i] == ids[i]
+  end
+  if same then
+    redis.call('LTRIM', KEYS[1], n, -1)
+    removed = n
   else
-    n = n + redis.call('LREM', KEYS[1], 1, id)
+    for i = 1, n do removed = removed + redis.call('LREM', KEYS[1], 1, ids[i]) end
   end
 end
-return n
+for i = 1, n do redis.call('DEL', ARGV[2] .. ids[i]) end
+return removed
+"""
+
+
+# A range of a list or zset's members as one JSON array (and its length): one reply for
+# the whole chunk, handed to SQLite as it is, instead of thousands of replies to parse.
+_IDS_LUA = """
+local ids
+if ARGV[1] == 'zset' then
+  ids = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3])
+else
+  ids = redis.call('LRANGE', KEYS[1], ARGV[2], ARGV[3])
+end
+if #ids == 0 then return {'[]', 0} end
+return {cjson.encode(ids), #ids}
 """
 
 
@@ -133,13 +169,18 @@ def is_pending(engine: Engine) -> ColumnElement[bool]:
     return (jobs.c.status + "") == "pending"
 
 
-def id_in(engine: Engine, ids: list[str]) -> ColumnElement[bool]:
-    """``id IN (ids)`` with the ids as one parameter (a JSON array on SQLite, a text array
-    on PostgreSQL): a batch of thousands of ids is one short, cached statement, not
-    thousands of placeholders to render and parse per batch."""
+def id_in(engine: Engine, ids: list[str] | str) -> ColumnElement[bool]:
+    """``id IN (ids)`` with the ids as one JSON array parameter (``ids`` is a list, or that
+    array already encoded): a batch of thousands of ids is one short, cached statement, not
+    thousands of placeholders to render and parse per batch. The database unpacks the array
+    (``json_each`` on SQLite, ``json_array_elements_text`` on PostgreSQL) and looks each id
+    up in the primary key; a text-array parameter would cost a pure-Python encoding per id,
+    and with statistics PostgreSQL scans the whole table for ``id = ANY`` of 2,000 ids."""
+    text = ids if isinstance(ids, str) else json.dumps(ids)
     if engine.dialect.name == "postgresql":
-        return jobs.c.id == any_(literal(ids, ARRAY(String)))
-    each = func.json_each(json.dumps(ids)).table_valued("value")
+        each = func.json_array_elements_text(cast(literal(text), JSON)).table_valued("value")
+    else:
+        each = func.json_each(text).table_valued("value")
     return jobs.c.id.in_(select(each.c.value))
 
 
@@ -165,6 +206,35 @@ def _pending_batches(runtime: Runtime, queue: str, columns: list[Any]) -> Iterat
             yield list(part)
 
 
+def _pending_id_chunks(runtime: Runtime, queue: str, size: int) -> Iterator[str]:
+    """The ids of the pending rows of ``queue``, in id order, as JSON arrays of ``size``.
+
+    One short query per chunk, from the last id on (the primary key's order); the database
+    builds each array, so no id is decoded in Python.
+    """
+    engine = runtime.ledger.engine
+    last = ""
+    for _ in range(MAX_ROUNDS):
+        page = (
+            select(jobs.c.id)
+            .where(jobs.c.queue == queue, is_pending(engine), jobs.c.id > last)
+            .order_by(jobs.c.id)
+            .limit(size)
+            .subquery()
+        )
+        if engine.dialect.name == "postgresql":
+            array: Any = func.coalesce(cast(func.json_agg(page.c.id), Text), "[]")
+        else:
+            array = func.json_group_array(page.c.id)
+        with engine.connect() as conn:
+            text, count, top = conn.execute(select(array, func.count(), func.max(page.c.id))).one()
+        if count:
+            yield str(text)
+        if count < size:
+            return
+        last = top
+
+
 class IdSet:
     """A set of job ids kept in a private temporary SQLite database, not in memory.
 
@@ -181,24 +251,28 @@ class IdSet:
         self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")  # one transaction for its whole life; never committed
 
-    def add(self, ids: Iterable[str]) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((i,) for i in ids))
+    def add(self, ids: Iterable[str] | str) -> None:
+        """Add ids (an iterable, or a JSON array of them: unpacked by SQLite, in C)."""
+        text = ids if isinstance(ids, str) else json.dumps(list(ids))
+        self._db.execute("INSERT OR IGNORE INTO ids SELECT value FROM json_each(?)", (text,))
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM ids").fetchone()[0])
 
-    def chunks(self, size: int) -> Iterator[list[str]]:
-        """Every id, sorted, ``size`` at a time."""
+    def chunks(self, size: int) -> Iterator[tuple[str, int]]:
+        """Every id, sorted, ``size`` at a time: each chunk a JSON array and its length."""
         last = ""
         while True:
-            rows = self._db.execute(
-                "SELECT id FROM ids WHERE id > ? ORDER BY id LIMIT ?", (last, size)
-            ).fetchall()
-            if rows:
-                yield [r[0] for r in rows]
-            if len(rows) < size:
+            text, count, top = self._db.execute(
+                "SELECT json_group_array(id), count(*), max(id)"
+                " FROM (SELECT id FROM ids WHERE id > ? ORDER BY id LIMIT ?)",
+                (last, size),
+            ).fetchone()
+            if count:
+                yield text, count
+            if count < size:
                 return
-            last = rows[-1][0]
+            last = top
 
     def close(self) -> None:
         self._db.close()
@@ -211,8 +285,17 @@ class IdSet:
 
     def add_pending(self, runtime: Runtime, queue: str) -> None:
         """Add the id of every pending row of ``queue``."""
-        for batch in _pending_batches(runtime, queue, [jobs.c.id]):
-            self.add(r["id"] for r in batch)
+        for text in _pending_id_chunks(runtime, queue, VERIFY_CHUNK):
+            self.add(text)
+
+    def add_redis(self, runtime: Runtime, key: str, kind: str) -> None:
+        """Add the id of every member of a list or zset of Redis, a chunk per call."""
+        script = runtime.redis.register_script(_IDS_LUA)
+        for start in range(0, MAX_ROUNDS * VERIFY_CHUNK, VERIFY_CHUNK):
+            text, count = script(keys=[key], args=[kind, start, start + VERIFY_CHUNK - 1])
+            self.add(_s(text))
+            if int(count) < VERIFY_CHUNK:
+                return
 
 
 def _head(
@@ -256,13 +339,10 @@ def rq_to_db(
 
 def _expected_rq(runtime: Runtime, queue: str, expected: IdSet) -> None:
     """Before: every job waiting in RQ plus every pending row (one set: ids, not sums)."""
-    from jobfleet.backup import scan_ids
-
     expected.add_pending(runtime, queue)
     keys = rq_keys(runtime, queue)
     for part in SOURCES:
-        key, kind = keys[part]
-        expected.add(job_id for job_id, _ in scan_ids(runtime.redis, key, kind))
+        expected.add_redis(runtime, *keys[part])
 
 
 def _rq_to_db_queue(runtime: Runtime, queue: str, dry_run: bool, pause: _Pause) -> QueueReport:
@@ -386,14 +466,11 @@ def _naive(value: datetime | None) -> datetime | None:
 
 
 def _remove(runtime: Runtime, key: str, kind: str, ids: list[str]) -> None:
-    redis = runtime.redis
-    with redis.pipeline(transaction=True) as pipe:
-        if kind == "list":
-            pipe.eval(_REMOVE_LUA, 1, key, *ids)
-        else:
-            pipe.zrem(key, *ids)
-        pipe.delete(*[f"rq:job:{job_id}" for job_id in ids])
-        pipe.execute()
+    """Take ``ids`` out of ``key`` and delete their job hashes, in one script call."""
+    from rq.job import Job
+
+    script = runtime.redis.register_script(_REMOVE_LUA)
+    script(keys=[key], args=[kind, Job.redis_job_namespace_prefix, json.dumps(ids)])
 
 
 def _sweep(runtime: Runtime, queue: str, mode: str, dispatched: bool) -> int:
@@ -421,19 +498,20 @@ def _verify(
 ) -> None:
     """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
     unreadable = set(report.unreadable)
-    for chunk in expected.chunks(_batch()):
-        if mode == "db" and _verify_counts(runtime, chunk, report):
+    for text, count in expected.chunks(VERIFY_CHUNK):
+        if mode == "db" and _verify_counts(runtime, text, count, report):
             continue
-        _verify_ids(runtime, chunk, mode, unreadable, report)
+        _verify_ids(runtime, json.loads(text), mode, unreadable, report)
     if mode == "db" and not redis_lost:
         report.left_in_redis = _redis_count(runtime, queue)
     report.mode = modes.mode_of(runtime, queue).mode
     report.ok = not report.missing and not report.unreadable and report.left_in_redis == 0
 
 
-def _verify_counts(runtime: Runtime, chunk: list[str], report: QueueReport) -> bool:
-    """Verify a chunk by counts alone when every id is a pending ``db`` row or has run
-    since (the usual case); False when some id needs a closer look."""
+def _verify_counts(runtime: Runtime, chunk: str, count: int, report: QueueReport) -> bool:
+    """Verify a chunk (``count`` ids as a JSON array) by counts alone when every id is a
+    pending ``db`` row or has run since (the usual case); False when some id needs a
+    closer look."""
     engine = runtime.ledger.engine
     query = (
         select(jobs.c.status, jobs.c.mode, func.count())
@@ -444,7 +522,7 @@ def _verify_counts(runtime: Runtime, chunk: list[str], report: QueueReport) -> b
         groups = conn.execute(query).all()
     ready = sum(n for status, mode, n in groups if status == "pending" and mode == "db")
     ran = sum(n for status, _, n in groups if status != "pending")
-    if ready + ran != len(chunk):
+    if ready + ran != count:
         return False
     report.after += ready
     report.ran_meanwhile += ran
