@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     JSON,
     ColumnElement,
-    Text,
     cast,
     func,
     insert,
     literal,
     select,
+    text,
     update,
 )
 
@@ -176,11 +176,11 @@ def id_in(engine: Engine, ids: list[str] | str) -> ColumnElement[bool]:
     (``json_each`` on SQLite, ``json_array_elements_text`` on PostgreSQL) and looks each id
     up in the primary key; a text-array parameter would cost a pure-Python encoding per id,
     and with statistics PostgreSQL scans the whole table for ``id = ANY`` of 2,000 ids."""
-    text = ids if isinstance(ids, str) else json.dumps(ids)
+    array = ids if isinstance(ids, str) else json.dumps(ids)
     if engine.dialect.name == "postgresql":
-        each = func.json_array_elements_text(cast(literal(text), JSON)).table_valued("value")
+        each = func.json_array_elements_text(cast(literal(array), JSON)).table_valued("value")
     else:
-        each = func.json_each(text).table_valued("value")
+        each = func.json_each(array).table_valued("value")
     return jobs.c.id.in_(select(each.c.value))
 
 
@@ -207,32 +207,23 @@ def _pending_batches(runtime: Runtime, queue: str, columns: list[Any]) -> Iterat
 
 
 def _pending_id_chunks(runtime: Runtime, queue: str, size: int) -> Iterator[str]:
-    """The ids of the pending rows of ``queue``, in id order, as JSON arrays of ``size``.
+    """The ids of the pending rows of ``queue``, as JSON arrays of at most ``size`` ids.
 
-    One short query per chunk, from the last id on (the primary key's order); the database
-    builds each array, so no id is decoded in Python.
+    One streamed statement (one snapshot): the database numbers the rows as it reads them,
+    groups them ``size`` to a part, and builds each part's array, so no id is decoded in
+    Python and no part is looked for again (a keyset page per chunk would, without
+    statistics, make PostgreSQL read every row of the queue for each page).
     """
     engine = runtime.ledger.engine
-    last = ""
-    for _ in range(MAX_ROUNDS):
-        page = (
-            select(jobs.c.id)
-            .where(jobs.c.queue == queue, is_pending(engine), jobs.c.id > last)
-            .order_by(jobs.c.id)
-            .limit(size)
-            .subquery()
-        )
-        if engine.dialect.name == "postgresql":
-            array: Any = func.coalesce(cast(func.json_agg(page.c.id), Text), "[]")
-        else:
-            array = func.json_group_array(page.c.id)
-        with engine.connect() as conn:
-            text, count, top = conn.execute(select(array, func.count(), func.max(page.c.id))).one()
-        if count:
-            yield str(text)
-        if count < size:
-            return
-        last = top
+    array = "json_agg(id)::text" if engine.dialect.name == "postgresql" else "json_group_array(id)"
+    query = text(
+        f"SELECT {array} FROM (SELECT id, (row_number() OVER () - 1) / :size AS part"
+        f" FROM {jobs.name} WHERE queue = :queue AND status || '' = 'pending') AS numbered"
+        " GROUP BY part"
+    ).bindparams(queue=queue, size=size)
+    with engine.connect() as conn:
+        for (chunk,) in conn.execution_options(stream_results=True, yield_per=1).execute(query):
+            yield str(chunk)
 
 
 class IdSet:
@@ -253,8 +244,8 @@ class IdSet:
 
     def add(self, ids: Iterable[str] | str) -> None:
         """Add ids (an iterable, or a JSON array of them: unpacked by SQLite, in C)."""
-        text = ids if isinstance(ids, str) else json.dumps(list(ids))
-        self._db.execute("INSERT OR IGNORE INTO ids SELECT value FROM json_each(?)", (text,))
+        array = ids if isinstance(ids, str) else json.dumps(list(ids))
+        self._db.execute("INSERT OR IGNORE INTO ids SELECT value FROM json_each(?)", (array,))
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM ids").fetchone()[0])
@@ -263,13 +254,13 @@ class IdSet:
         """Every id, sorted, ``size`` at a time: each chunk a JSON array and its length."""
         last = ""
         while True:
-            text, count, top = self._db.execute(
+            array, count, top = self._db.execute(
                 "SELECT json_group_array(id), count(*), max(id)"
                 " FROM (SELECT id FROM ids WHERE id > ? ORDER BY id LIMIT ?)",
                 (last, size),
             ).fetchone()
             if count:
-                yield text, count
+                yield array, count
             if count < size:
                 return
             last = top
@@ -285,15 +276,15 @@ class IdSet:
 
     def add_pending(self, runtime: Runtime, queue: str) -> None:
         """Add the id of every pending row of ``queue``."""
-        for text in _pending_id_chunks(runtime, queue, VERIFY_CHUNK):
-            self.add(text)
+        for chunk in _pending_id_chunks(runtime, queue, VERIFY_CHUNK):
+            self.add(chunk)
 
     def add_redis(self, runtime: Runtime, key: str, kind: str) -> None:
         """Add the id of every member of a list or zset of Redis, a chunk per call."""
         script = runtime.redis.register_script(_IDS_LUA)
         for start in range(0, MAX_ROUNDS * VERIFY_CHUNK, VERIFY_CHUNK):
-            text, count = script(keys=[key], args=[kind, start, start + VERIFY_CHUNK - 1])
-            self.add(_s(text))
+            array, count = script(keys=[key], args=[kind, start, start + VERIFY_CHUNK - 1])
+            self.add(_s(array))
             if int(count) < VERIFY_CHUNK:
                 return
 
@@ -302,8 +293,9 @@ def _head(
     runtime: Runtime, key: str, kind: str, skip: int, size: int
 ) -> list[tuple[str, float | None]]:
     redis = runtime.redis
-    if kind == "list":
-        return [(_s(v), None) for v in redis.lrange(key, skip, skip + size - 1)]
+    if kind == "list":  # one JSON reply, decoded in C, not thousands of replies
+        array, _ = redis.register_script(_IDS_LUA)(keys=[key], args=[kind, skip, skip + size - 1])
+        return [(job_id, None) for job_id in json.loads(array)]
     pairs: list[Any] = redis.zrange(key, skip, skip + size - 1, withscores=True)
     return [(_s(v), float(sc)) for v, sc in pairs]
 
@@ -498,10 +490,10 @@ def _verify(
 ) -> None:
     """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
     unreadable = set(report.unreadable)
-    for text, count in expected.chunks(VERIFY_CHUNK):
-        if mode == "db" and _verify_counts(runtime, text, count, report):
+    for array, count in expected.chunks(VERIFY_CHUNK):
+        if mode == "db" and _verify_counts(runtime, array, count, report):
             continue
-        _verify_ids(runtime, json.loads(text), mode, unreadable, report)
+        _verify_ids(runtime, json.loads(array), mode, unreadable, report)
     if mode == "db" and not redis_lost:
         report.left_in_redis = _redis_count(runtime, queue)
     report.mode = modes.mode_of(runtime, queue).mode
