@@ -206,8 +206,11 @@ def _pending_batches(runtime: Runtime, queue: str, columns: list[Any]) -> Iterat
             yield list(part)
 
 
-def _pending_id_chunks(runtime: Runtime, queue: str, size: int) -> Iterator[str]:
-    """The ids of the pending rows of ``queue``, as JSON arrays of at most ``size`` ids.
+def _pending_id_chunks(
+    runtime: Runtime, queue: str, size: int, mode: str | None = None
+) -> Iterator[str]:
+    """The ids of the pending rows of ``queue`` (in ``mode``, when given), as JSON arrays
+    of at most ``size`` ids.
 
     One streamed statement (one snapshot): the database numbers the rows as it reads them,
     groups them ``size`` to a part, and builds each part's array, so no id is decoded in
@@ -216,11 +219,14 @@ def _pending_id_chunks(runtime: Runtime, queue: str, size: int) -> Iterator[str]
     """
     engine = runtime.ledger.engine
     array = "json_agg(id)::text" if engine.dialect.name == "postgresql" else "json_group_array(id)"
+    in_mode = " AND mode = :mode" if mode is not None else ""
     query = text(
         f"SELECT {array} FROM (SELECT id, (row_number() OVER () - 1) / :size AS part"
-        f" FROM {jobs.name} WHERE queue = :queue AND status || '' = 'pending') AS numbered"
-        " GROUP BY part"
+        f" FROM {jobs.name} WHERE queue = :queue AND status || '' = 'pending'{in_mode})"
+        " AS numbered GROUP BY part"
     ).bindparams(queue=queue, size=size)
+    if mode is not None:
+        query = query.bindparams(mode=mode)
     with engine.connect() as conn:
         for (chunk,) in conn.execution_options(stream_results=True, yield_per=1).execute(query):
             yield str(chunk)
@@ -240,6 +246,7 @@ class IdSet:
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE found (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")  # one transaction for its whole life; never committed
 
     def add(self, ids: Iterable[str] | str) -> None:
@@ -250,13 +257,23 @@ class IdSet:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM ids").fetchone()[0])
 
-    def chunks(self, size: int) -> Iterator[tuple[str, int]]:
-        """Every id, sorted, ``size`` at a time: each chunk a JSON array and its length."""
+    def add_found(self, ids: str) -> None:
+        """Mark ids (a JSON array) as found where they belong; ids not in the set count not."""
+        self._db.execute("INSERT OR IGNORE INTO found SELECT value FROM json_each(?)", (ids,))
+
+    def found_count(self) -> int:
+        """How many ids of the set are marked found."""
+        return int(self._db.execute("SELECT count(*) FROM ids JOIN found USING (id)").fetchone()[0])
+
+    def chunks(self, size: int, unfound: bool = False) -> Iterator[tuple[str, int]]:
+        """Every id (only those not marked found, with ``unfound``), sorted, ``size`` at a
+        time: each chunk a JSON array and its length."""
+        where = " AND id NOT IN (SELECT id FROM found)" if unfound else ""
         last = ""
         while True:
             array, count, top = self._db.execute(
                 "SELECT json_group_array(id), count(*), max(id)"
-                " FROM (SELECT id FROM ids WHERE id > ? ORDER BY id LIMIT ?)",
+                f" FROM (SELECT id FROM ids WHERE id > ?{where} ORDER BY id LIMIT ?)",
                 (last, size),
             ).fetchone()
             if count:
@@ -488,37 +505,23 @@ def _verify(
     report: QueueReport,
     redis_lost: bool = False,
 ) -> None:
-    """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
+    """Each expected id is a pending row in ``mode``, or has run since; Redis is drained.
+
+    To ``db``: the pending ``db`` rows of the queue are read as they are now (one streamed
+    statement) and marked in the id set; only the expected ids not found among them are
+    looked up one by one (they ran meanwhile, or are missing), not every id by key.
+    """
     unreadable = set(report.unreadable)
-    for array, count in expected.chunks(VERIFY_CHUNK):
-        if mode == "db" and _verify_counts(runtime, array, count, report):
-            continue
+    if mode == "db":
+        for array in _pending_id_chunks(runtime, queue, VERIFY_CHUNK, mode="db"):
+            expected.add_found(array)
+        report.after += expected.found_count()
+    for array, _ in expected.chunks(VERIFY_CHUNK, unfound=mode == "db"):
         _verify_ids(runtime, json.loads(array), mode, unreadable, report)
     if mode == "db" and not redis_lost:
         report.left_in_redis = _redis_count(runtime, queue)
     report.mode = modes.mode_of(runtime, queue).mode
     report.ok = not report.missing and not report.unreadable and report.left_in_redis == 0
-
-
-def _verify_counts(runtime: Runtime, chunk: str, count: int, report: QueueReport) -> bool:
-    """Verify a chunk (``count`` ids as a JSON array) by counts alone when every id is a
-    pending ``db`` row or has run since (the usual case); False when some id needs a
-    closer look."""
-    engine = runtime.ledger.engine
-    query = (
-        select(jobs.c.status, jobs.c.mode, func.count())
-        .where(id_in(engine, chunk))
-        .group_by(jobs.c.status, jobs.c.mode)
-    )
-    with engine.connect() as conn:
-        groups = conn.execute(query).all()
-    ready = sum(n for status, mode, n in groups if status == "pending" and mode == "db")
-    ran = sum(n for status, _, n in groups if status != "pending")
-    if ready + ran != count:
-        return False
-    report.after += ready
-    report.ran_meanwhile += ran
-    return True
 
 
 def _verify_ids(
