@@ -74,7 +74,8 @@ MAX_ROUNDS = 1_000_000
 # KEYS[1]: the list or zset; ARGV[1]: "list" or "zset"; ARGV[2]: the job hash key prefix;
 # ARGV[3]: the ids, a JSON array. A list whose head is exactly those ids (the usual case:
 # the batch was read from the head and nothing took it meanwhile) is trimmed in one LTRIM,
-# O(batch); otherwise each id is removed wherever it is (LREM, O(list) each).
+# O(batch); otherwise each id is removed wherever it is (LREM, O(list) each). The job hash
+# keys are built in the script, not declared in KEYS: fine on one Redis (RQ's only setup).
 _REMOVE_LUA = """
 local ids = cjson.decode(ARGV[3])
 local n = #ids
