@@ -374,3 +374,67 @@ def test_db_to_rq_recreates_a_leftover_started_copy_of_a_pending_row(
     JobfleetWorker(rt, ["a"], "w").work(burst=True)
     assert _runs(side) == Counter({"killed": 1})
     assert rt.ledger.require("killed").status == "completed"
+
+
+def test_remove_trims_a_matching_head_and_otherwise_removes_each_id(
+    make_config: ConfigFactory, sqlite_url: str, redis_url: str
+) -> None:
+    from jobfleet.migrate import _remove
+
+    rt = _rt(make_config(sqlite_url, redis_url, queues=QUEUES))
+    key = "test:list"
+    rt.redis.rpush(key, *[f"j{n}" for n in range(6)])
+    for n in range(6):
+        rt.redis.hset(f"rq:job:j{n}", "status", "queued")
+    _remove(rt, key, "list", ["j0", "j1"])  # the head: one LTRIM
+    assert rt.redis.lrange(key, 0, -1) == [b"j2", b"j3", b"j4", b"j5"]
+    _remove(rt, key, "list", ["j2", "j4"])  # not the head (j3 in between): each id alone
+    assert rt.redis.lrange(key, 0, -1) == [b"j3", b"j5"]
+    _remove(rt, key, "list", ["j3", "j5", "gone"])  # longer than the list: nothing extra
+    assert rt.redis.llen(key) == 0
+    assert [rt.redis.exists(f"rq:job:j{n}") for n in range(6)] == [0] * 6
+    rt.redis.zadd("test:zset", {"z1": 1.0, "z2": 2.0, "z3": 3.0})
+    rt.redis.hset("rq:job:z2", "status", "scheduled")
+    _remove(rt, "test:zset", "zset", ["z2", "z3"])
+    assert rt.redis.zrange("test:zset", 0, -1) == [b"z1"] and not rt.redis.exists("rq:job:z2")
+
+
+def test_id_set_reads_chunk_edges_from_redis_and_the_ledger(
+    make_config: ConfigFactory, db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobfleet import migrate
+
+    monkeypatch.setattr(migrate, "VERIFY_CHUNK", 5)
+    rt = _rt(make_config(db_url, redis_url, queues=QUEUES))
+    for n in range(12):  # pending rows of a (and, sent to RQ, the same ids on its list)
+        enqueue(rt, "jobhelpers:add", [n, 1], queue="a", job_id=f"a-{n:02d}")
+    enqueue(rt, "jobhelpers:add", [0, 1], queue="b", job_id="b-00")
+    rt.redis.rpush("test:ids", *[f"r-{n:02d}" for n in range(10)])  # exactly 2 chunks
+    with migrate.IdSet() as ids:
+        ids.add_pending(rt, "a")
+        assert len(ids) == 12
+        ids.add_redis(rt, rt.rq_queue("a").key, "list")  # the same 12 ids: no new one
+        assert len(ids) == 12
+        ids.add_redis(rt, "test:ids", "list")
+        ids.add_redis(rt, "test:nothing", "zset")
+        chunks = list(ids.chunks(5))
+    assert [count for _, count in chunks] == [5, 5, 5, 5, 2]
+    flat = [i for array, _ in chunks for i in json.loads(array)]
+    assert flat == sorted([f"a-{n:02d}" for n in range(12)] + [f"r-{n:02d}" for n in range(10)])
+
+
+def test_rq_to_db_verifies_in_chunks_smaller_than_the_queue(
+    make_config: ConfigFactory, db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobfleet import migrate
+
+    monkeypatch.setattr(migrate, "VERIFY_CHUNK", 7)
+    monkeypatch.setenv("JOBFLEET_MIGRATE_BATCH", "6")
+    rt = _rt(make_config(db_url, redis_url, queues=QUEUES))
+    for n in range(30):
+        enqueue(rt, "jobhelpers:add", [n, 1], queue="a", job_id=f"a-{n:02d}")
+    rt.redis.rpush(rt.rq_queue("a").key, "ghost-1")  # no hash: named, left in Redis
+    [report] = rq_to_db(rt, ["a"])
+    assert (report.before, report.after, report.moved) == (31, 30, 30)
+    assert report.unreadable == ["ghost-1"] and report.left_in_redis == 1 and not report.ok
+    assert rt.redis.lrange(rt.rq_queue("a").key, 0, -1) == [b"ghost-1"]

@@ -28,16 +28,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
-    String,
-    any_,
+    cast,
     func,
     insert,
     literal,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from jobfleet import modes
 from jobfleet.backup import rq_keys
@@ -64,20 +64,57 @@ BATCH = 2000
 SOURCES = ("queued", "intermediate", "scheduled", "deferred")
 """The RQ structures whose jobs are still waiting to run (``started`` ones are running)."""
 
+VERIFY_CHUNK = 10_000
+"""Ids per verification query and per read of the id set (memory stays bounded)."""
+
 MAX_ROUNDS = 1_000_000
 """A bound on batches per source, so a misbehaving Redis cannot loop us forever."""
 
-# Pop the head of a list when it is the expected id, else remove the id wherever it is.
+# Take a batch of jobs out of one RQ structure and delete their job hashes, atomically.
+# KEYS[1]: the list or zset; ARGV[1]: "list" or "zset"; ARGV[2]: the job hash key prefix;
+# ARGV[3]: the ids, a JSON array. A list whose head is exactly those ids (the usual case:
+# the batch was read from the head and nothing took it meanwhile) is trimmed in one LTRIM,
+# O(batch); otherwise each id is removed wherever it is (LREM, O(list) each). The job hash
+# keys are built in the script, not declared in KEYS: fine on one Redis (RQ's only setup).
 _REMOVE_LUA = """
-local n = 0
-for i, id in ipairs(ARGV) do
-  if redis.call('LINDEX', KEYS[1], 0) == id then
-    redis.call('LPOP', KEYS[1]); n = n + 1
+local ids = cjson.decode(ARGV[3])
+local n = #ids
+if n == 0 then return 0 end
+local removed = 0
+if ARGV[1] == 'zset' then
+  for i = 1, n, 1000 do
+    removed = removed + redis.call('ZREM', KEYS[1], unpack(ids, i, math.min(i + 999, n)))
+  end
+else
+  local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+  local same = #head == n
+  for i = 1, n do
+    if not same then break end
+    same = head[i] == ids[i]
+  end
+  if same then
+    redis.call('LTRIM', KEYS[1], n, -1)
+    removed = n
   else
-    n = n + redis.call('LREM', KEYS[1], 1, id)
+    for i = 1, n do removed = removed + redis.call('LREM', KEYS[1], 1, ids[i]) end
   end
 end
-return n
+for i = 1, n do redis.call('DEL', ARGV[2] .. ids[i]) end
+return removed
+"""
+
+
+# A range of a list or zset's members as one JSON array (and its length): one reply for
+# the whole chunk, handed to SQLite as it is, instead of thousands of replies to parse.
+_IDS_LUA = """
+local ids
+if ARGV[1] == 'zset' then
+  ids = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3])
+else
+  ids = redis.call('LRANGE', KEYS[1], ARGV[2], ARGV[3])
+end
+if #ids == 0 then return {'[]', 0} end
+return {cjson.encode(ids), #ids}
 """
 
 
@@ -133,13 +170,18 @@ def is_pending(engine: Engine) -> ColumnElement[bool]:
     return (jobs.c.status + "") == "pending"
 
 
-def id_in(engine: Engine, ids: list[str]) -> ColumnElement[bool]:
-    """``id IN (ids)`` with the ids as one parameter (a JSON array on SQLite, a text array
-    on PostgreSQL): a batch of thousands of ids is one short, cached statement, not
-    thousands of placeholders to render and parse per batch."""
+def id_in(engine: Engine, ids: list[str] | str) -> ColumnElement[bool]:
+    """``id IN (ids)`` with the ids as one JSON array parameter (``ids`` is a list, or that
+    array already encoded): a batch of thousands of ids is one short, cached statement, not
+    thousands of placeholders to render and parse per batch. The database unpacks the array
+    (``json_each`` on SQLite, ``json_array_elements_text`` on PostgreSQL) and looks each id
+    up in the primary key; a text-array parameter would cost a pure-Python encoding per id,
+    and with statistics PostgreSQL scans the whole table for ``id = ANY`` of 2,000 ids."""
+    array = ids if isinstance(ids, str) else json.dumps(ids)
     if engine.dialect.name == "postgresql":
-        return jobs.c.id == any_(literal(ids, ARRAY(String)))
-    each = func.json_each(json.dumps(ids)).table_valued("value")
+        each = func.json_array_elements_text(cast(literal(array), JSON)).table_valued("value")
+    else:
+        each = func.json_each(array).table_valued("value")
     return jobs.c.id.in_(select(each.c.value))
 
 
@@ -165,6 +207,32 @@ def _pending_batches(runtime: Runtime, queue: str, columns: list[Any]) -> Iterat
             yield list(part)
 
 
+def _pending_id_chunks(
+    runtime: Runtime, queue: str, size: int, mode: str | None = None
+) -> Iterator[str]:
+    """The ids of the pending rows of ``queue`` (in ``mode``, when given), as JSON arrays
+    of at most ``size`` ids.
+
+    One streamed statement (one snapshot): the database numbers the rows as it reads them,
+    groups them ``size`` to a part, and builds each part's array, so no id is decoded in
+    Python and no part is looked for again (a keyset page per chunk would, without
+    statistics, make PostgreSQL read every row of the queue for each page).
+    """
+    engine = runtime.ledger.engine
+    array = "json_agg(id)::text" if engine.dialect.name == "postgresql" else "json_group_array(id)"
+    in_mode = " AND mode = :mode" if mode is not None else ""
+    query = text(
+        f"SELECT {array} FROM (SELECT id, (row_number() OVER () - 1) / :size AS part"
+        f" FROM {jobs.name} WHERE queue = :queue AND status || '' = 'pending'{in_mode})"
+        " AS numbered GROUP BY part"
+    ).bindparams(queue=queue, size=size)
+    if mode is not None:
+        query = query.bindparams(mode=mode)
+    with engine.connect() as conn:
+        for (chunk,) in conn.execution_options(stream_results=True, yield_per=1).execute(query):
+            yield str(chunk)
+
+
 class IdSet:
     """A set of job ids kept in a private temporary SQLite database, not in memory.
 
@@ -179,26 +247,41 @@ class IdSet:
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE found (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")  # one transaction for its whole life; never committed
 
-    def add(self, ids: Iterable[str]) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((i,) for i in ids))
+    def add(self, ids: Iterable[str] | str) -> None:
+        """Add ids (an iterable, or a JSON array of them: unpacked by SQLite, in C)."""
+        array = ids if isinstance(ids, str) else json.dumps(list(ids))
+        self._db.execute("INSERT OR IGNORE INTO ids SELECT value FROM json_each(?)", (array,))
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM ids").fetchone()[0])
 
-    def chunks(self, size: int) -> Iterator[list[str]]:
-        """Every id, sorted, ``size`` at a time."""
+    def add_found(self, ids: str) -> None:
+        """Mark ids (a JSON array) as found where they belong; ids not in the set count not."""
+        self._db.execute("INSERT OR IGNORE INTO found SELECT value FROM json_each(?)", (ids,))
+
+    def found_count(self) -> int:
+        """How many ids of the set are marked found."""
+        return int(self._db.execute("SELECT count(*) FROM ids JOIN found USING (id)").fetchone()[0])
+
+    def chunks(self, size: int, unfound: bool = False) -> Iterator[tuple[str, int]]:
+        """Every id (only those not marked found, with ``unfound``), sorted, ``size`` at a
+        time: each chunk a JSON array and its length."""
+        where = " AND id NOT IN (SELECT id FROM found)" if unfound else ""
         last = ""
         while True:
-            rows = self._db.execute(
-                "SELECT id FROM ids WHERE id > ? ORDER BY id LIMIT ?", (last, size)
-            ).fetchall()
-            if rows:
-                yield [r[0] for r in rows]
-            if len(rows) < size:
+            array, count, top = self._db.execute(
+                "SELECT json_group_array(id), count(*), max(id)"
+                f" FROM (SELECT id FROM ids WHERE id > ?{where} ORDER BY id LIMIT ?)",
+                (last, size),
+            ).fetchone()
+            if count:
+                yield array, count
+            if count < size:
                 return
-            last = rows[-1][0]
+            last = top
 
     def close(self) -> None:
         self._db.close()
@@ -211,16 +294,26 @@ class IdSet:
 
     def add_pending(self, runtime: Runtime, queue: str) -> None:
         """Add the id of every pending row of ``queue``."""
-        for batch in _pending_batches(runtime, queue, [jobs.c.id]):
-            self.add(r["id"] for r in batch)
+        for chunk in _pending_id_chunks(runtime, queue, VERIFY_CHUNK):
+            self.add(chunk)
+
+    def add_redis(self, runtime: Runtime, key: str, kind: str) -> None:
+        """Add the id of every member of a list or zset of Redis, a chunk per call."""
+        script = runtime.redis.register_script(_IDS_LUA)
+        for start in range(0, MAX_ROUNDS * VERIFY_CHUNK, VERIFY_CHUNK):
+            array, count = script(keys=[key], args=[kind, start, start + VERIFY_CHUNK - 1])
+            self.add(_s(array))
+            if int(count) < VERIFY_CHUNK:
+                return
 
 
 def _head(
     runtime: Runtime, key: str, kind: str, skip: int, size: int
 ) -> list[tuple[str, float | None]]:
     redis = runtime.redis
-    if kind == "list":
-        return [(_s(v), None) for v in redis.lrange(key, skip, skip + size - 1)]
+    if kind == "list":  # one JSON reply, decoded in C, not thousands of replies
+        array, _ = redis.register_script(_IDS_LUA)(keys=[key], args=[kind, skip, skip + size - 1])
+        return [(job_id, None) for job_id in json.loads(array)]
     pairs: list[Any] = redis.zrange(key, skip, skip + size - 1, withscores=True)
     return [(_s(v), float(sc)) for v, sc in pairs]
 
@@ -256,13 +349,10 @@ def rq_to_db(
 
 def _expected_rq(runtime: Runtime, queue: str, expected: IdSet) -> None:
     """Before: every job waiting in RQ plus every pending row (one set: ids, not sums)."""
-    from jobfleet.backup import scan_ids
-
     expected.add_pending(runtime, queue)
     keys = rq_keys(runtime, queue)
     for part in SOURCES:
-        key, kind = keys[part]
-        expected.add(job_id for job_id, _ in scan_ids(runtime.redis, key, kind))
+        expected.add_redis(runtime, *keys[part])
 
 
 def _rq_to_db_queue(runtime: Runtime, queue: str, dry_run: bool, pause: _Pause) -> QueueReport:
@@ -386,14 +476,11 @@ def _naive(value: datetime | None) -> datetime | None:
 
 
 def _remove(runtime: Runtime, key: str, kind: str, ids: list[str]) -> None:
-    redis = runtime.redis
-    with redis.pipeline(transaction=True) as pipe:
-        if kind == "list":
-            pipe.eval(_REMOVE_LUA, 1, key, *ids)
-        else:
-            pipe.zrem(key, *ids)
-        pipe.delete(*[f"rq:job:{job_id}" for job_id in ids])
-        pipe.execute()
+    """Take ``ids`` out of ``key`` and delete their job hashes, in one script call."""
+    from rq.job import Job
+
+    script = runtime.redis.register_script(_REMOVE_LUA)
+    script(keys=[key], args=[kind, Job.redis_job_namespace_prefix, json.dumps(ids)])
 
 
 def _sweep(runtime: Runtime, queue: str, mode: str, dispatched: bool) -> int:
@@ -419,36 +506,23 @@ def _verify(
     report: QueueReport,
     redis_lost: bool = False,
 ) -> None:
-    """Each expected id is a pending row in ``mode``, or has run since; Redis is drained."""
+    """Each expected id is a pending row in ``mode``, or has run since; Redis is drained.
+
+    To ``db``: the pending ``db`` rows of the queue are read as they are now (one streamed
+    statement) and marked in the id set; only the expected ids not found among them are
+    looked up one by one (they ran meanwhile, or are missing), not every id by key.
+    """
     unreadable = set(report.unreadable)
-    for chunk in expected.chunks(_batch()):
-        if mode == "db" and _verify_counts(runtime, chunk, report):
-            continue
-        _verify_ids(runtime, chunk, mode, unreadable, report)
+    if mode == "db":
+        for array in _pending_id_chunks(runtime, queue, VERIFY_CHUNK, mode="db"):
+            expected.add_found(array)
+        report.after += expected.found_count()
+    for array, _ in expected.chunks(VERIFY_CHUNK, unfound=mode == "db"):
+        _verify_ids(runtime, json.loads(array), mode, unreadable, report)
     if mode == "db" and not redis_lost:
         report.left_in_redis = _redis_count(runtime, queue)
     report.mode = modes.mode_of(runtime, queue).mode
     report.ok = not report.missing and not report.unreadable and report.left_in_redis == 0
-
-
-def _verify_counts(runtime: Runtime, chunk: list[str], report: QueueReport) -> bool:
-    """Verify a chunk by counts alone when every id is a pending ``db`` row or has run
-    since (the usual case); False when some id needs a closer look."""
-    engine = runtime.ledger.engine
-    query = (
-        select(jobs.c.status, jobs.c.mode, func.count())
-        .where(id_in(engine, chunk))
-        .group_by(jobs.c.status, jobs.c.mode)
-    )
-    with engine.connect() as conn:
-        groups = conn.execute(query).all()
-    ready = sum(n for status, mode, n in groups if status == "pending" and mode == "db")
-    ran = sum(n for status, _, n in groups if status != "pending")
-    if ready + ran != len(chunk):
-        return False
-    report.after += ready
-    report.ran_meanwhile += ran
-    return True
 
 
 def _verify_ids(
