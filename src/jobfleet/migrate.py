@@ -702,11 +702,3 @@ def _send_batch(
             .values(mode="rq", dispatched=True)
         )
     report.moved += len(rows)
-
-
-def pending_count(runtime: Runtime, queue: str, mode: str) -> int:
-    query = select(func.count()).where(
-        jobs.c.queue == queue, jobs.c.status == "pending", jobs.c.mode == mode
-    )
-    with runtime.ledger.engine.connect() as conn:
-        return int(conn.execute(query).scalar() or 0)
