@@ -99,8 +99,8 @@ def gated(path: str, token: str, gate: str, limit: float = 90.0) -> None:
 
 
 def loaded_modules(path: str) -> None:
-    """Record which top-level modules the process has imported (in a work horse: the
-    worker's modules at the fork, plus what RQ imports to run this job)."""
+    """Record which modules the process has imported (in a work horse: the worker's
+    modules at the fork, plus what RQ imports to run this job)."""
     import sys
 
-    _append(path, " ".join(sorted({name.split(".")[0] for name in sys.modules})))
+    _append(path, " ".join(sorted(sys.modules)))

@@ -7,8 +7,9 @@ they bind. Two executors run them:
 
 * :class:`jobfleet.ledger.Ledger` (SQLAlchemy; the CLI, the reaper and the poller), as
   ``text()`` with typed parameters, so SQLAlchemy stores and reads its usual formats;
-* :class:`jobfleet.worker_ledger.WorkerLedger` (the RQ worker process), on the plain
-  DBAPI connection (:mod:`sqlite3` or psycopg), so a worker never imports SQLAlchemy.
+* :class:`jobfleet.worker_ledger.WorkerLedger` (the RQ worker process), on a plain
+  connection (:mod:`sqlite3`, or libpq through :mod:`jobfleet.libpq`), so a worker
+  imports neither SQLAlchemy nor psycopg.
 
 Each statement names the state it expects in its WHERE clause, so it either wins or
 changes nothing (see :mod:`jobfleet.ledger`).
@@ -90,9 +91,12 @@ def param_names(sql: str) -> list[str]:
     return list(dict.fromkeys(_PARAM.findall(sql)))
 
 
-def pyformat(sql: str) -> str:
-    """``:name`` -> ``%(name)s`` (psycopg's style); the SQL holds no literal ``%``."""
-    return _PARAM.sub(r"%(\1)s", sql)
+def numbered(sql: str) -> tuple[str, list[str]]:
+    """``:name`` -> ``$N`` (libpq's style): the new text and the names, ``$1`` first; a
+    name used twice is the same ``$N``."""
+    names = param_names(sql)
+    position = {name: f"${n}" for n, name in enumerate(names, start=1)}
+    return _PARAM.sub(lambda found: position[found.group(1)], sql), names
 
 
 @dataclass(frozen=True)

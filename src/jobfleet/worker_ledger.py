@@ -1,15 +1,16 @@
 """The RQ worker's ledger: :mod:`jobfleet.ledger_sql`'s statements on a plain DBAPI connection.
 
 A worker makes the same few writes for every job, and SQLAlchemy (about 12 MiB of a
-worker's memory, and a layer of work per statement) adds nothing to them. So the worker
-process runs them here, on :mod:`sqlite3` or psycopg directly, and never imports
-SQLAlchemy; ``db init``, the CLI, the reaper and the poller use :class:`~jobfleet.ledger.Ledger`.
+worker's memory, and a layer of work per statement) adds nothing to them; nor does
+psycopg (9-11 MiB). So the worker process runs them here, on :mod:`sqlite3` or on libpq
+itself (:mod:`jobfleet.libpq`), and imports neither; ``db init``, the CLI, the reaper and
+the poller use :class:`~jobfleet.ledger.Ledger`.
 
 The rows on disk are exactly what SQLAlchemy writes and reads: on SQLite a time is the
 text ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive UTC) and a boolean is 0 or 1; on PostgreSQL
-psycopg binds ``timestamp without time zone`` and ``boolean`` itself. SQLite
-connections get the same pragmas (WAL, busy timeout) and write under ``BEGIN
-IMMEDIATE``; PostgreSQL runs each single statement in autocommit.
+parameters are typed ``timestamp without time zone`` and ``boolean``, as psycopg types
+them. SQLite connections get the same pragmas (WAL, busy timeout) and write under
+``BEGIN IMMEDIATE``; PostgreSQL runs each single statement in autocommit.
 
 Connections: a small stack of idle ones, shared by the worker's threads (one at a time
 each); a connection that failed is closed, not reused, so the next statement reconnects.
@@ -28,7 +29,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from jobfleet import ledger_sql
+from jobfleet import ledger_sql, libpq
 from jobfleet.errors import UnavailableError, UsageError, first_line, redact
 from jobfleet.jobrow import JobRow
 from jobfleet.ledger_sql import COLUMNS, RowLedger, Statement
@@ -86,9 +87,7 @@ class WorkerLedger(RowLedger):
             for pragma in ledger_sql.SQLITE_PRAGMAS:
                 conn.execute(pragma)
             return conn
-        import psycopg
-
-        return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT)
+        return libpq.Connection(self._conninfo, connect_timeout=PG_CONNECT_TIMEOUT)
 
     def _errors(self) -> tuple[type[Exception], ...]:
         """The driver's "the server does not answer" errors."""
@@ -96,9 +95,7 @@ class WorkerLedger(RowLedger):
             import sqlite3
 
             return (sqlite3.OperationalError, sqlite3.InterfaceError)
-        import psycopg
-
-        return (psycopg.OperationalError, psycopg.InterfaceError)
+        return (libpq.OperationalError,)
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -131,9 +128,9 @@ class WorkerLedger(RowLedger):
         params = statement.params
         with self._connection() as conn:
             if not self.sqlite:
-                cursor = conn.execute(_pyformat(statement.sql), params)
-                row = cursor.fetchone() if statement.returns_row else None
-                return cursor.rowcount, row
+                sql, names = _numbered(statement.sql)
+                result = conn.execute(sql, [params[name] for name in names])
+                return result.rowcount, result.fetchone() if statement.returns_row else None
             params = {k: _sqlite_value(v) for k, v in params.items()}
             if statement.sql.startswith("SELECT"):
                 return -1, conn.execute(statement.sql, params).fetchone()
@@ -194,13 +191,13 @@ def sqlite_path(url: str) -> str:
     return unquote(rest[1:])
 
 
-_PYFORMAT: dict[str, str] = {}
+_NUMBERED: dict[str, tuple[str, list[str]]] = {}
 
 
-def _pyformat(sql: str) -> str:
-    found = _PYFORMAT.get(sql)
+def _numbered(sql: str) -> tuple[str, list[str]]:
+    found = _NUMBERED.get(sql)
     if found is None:
-        found = _PYFORMAT[sql] = ledger_sql.pyformat(sql)
+        found = _NUMBERED[sql] = ledger_sql.numbered(sql)
     return found
 
 
@@ -214,7 +211,7 @@ def _sqlite_value(value: Any) -> Any:
 
 def _no_table(exc: Exception) -> bool:
     """Whether ``exc`` says the schema table does not exist (SQLite or PostgreSQL)."""
-    return "no such table" in str(exc) or type(exc).__name__ == "UndefinedTable"
+    return "no such table" in str(exc) or getattr(exc, "sqlstate", None) == "42P01"
 
 
 def _close(conn: Any) -> None:
