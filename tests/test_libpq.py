@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from jobfleet import libpq
+from jobfleet.errors import UsageError
+from jobfleet.worker_ledger import WorkerLedger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +104,12 @@ def test_times_are_right_whatever_the_servers_datestyle(pg_url: str) -> None:
         assert abs(now - datetime.now(UTC)) < timedelta(minutes=5)
     finally:
         german.close()
+
+
+def test_a_host_without_libpq_is_told_to_install_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(libpq, "LIBRARY", "libpq-not-installed.so.5")
+    monkeypatch.setattr(libpq, "_lib", None)
+    with pytest.raises(UsageError, match=r"needs libpq-not-installed\.so\.5: install libpq"):
+        WorkerLedger(pg_url).ping()

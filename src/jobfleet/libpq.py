@@ -59,6 +59,10 @@ class OperationalError(Error):
     """The server cannot be reached, or the connection to it is gone."""
 
 
+class MissingLibraryError(Exception):
+    """libpq is not installed on this host."""
+
+
 _lib: ctypes.CDLL | None = None
 
 
@@ -70,8 +74,8 @@ def _libpq() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(LIBRARY)
     except OSError as exc:
-        raise OperationalError(
-            f"cannot load {LIBRARY} ({exc}); install libpq (Debian: apt install libpq5)"
+        raise MissingLibraryError(
+            f"a PostgreSQL ledger needs {LIBRARY}: install libpq (Debian: apt install libpq5)"
         ) from exc
     ptr, text, num = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
     signatures: dict[str, tuple[Any, list[Any]]] = {

@@ -87,7 +87,10 @@ class WorkerLedger(RowLedger):
             for pragma in ledger_sql.SQLITE_PRAGMAS:
                 conn.execute(pragma)
             return conn
-        return libpq.Connection(self._conninfo, connect_timeout=PG_CONNECT_TIMEOUT)
+        try:
+            return libpq.Connection(self._conninfo, connect_timeout=PG_CONNECT_TIMEOUT)
+        except libpq.MissingLibraryError as exc:
+            raise UsageError(str(exc)) from exc
 
     def _errors(self) -> tuple[type[Exception], ...]:
         """The driver's "the server does not answer" errors."""
