@@ -151,11 +151,37 @@ def events(job_id: str) -> list[str]:
     return found
 
 
+#: Prints the ids of the ledger rows whose arguments hold the token argv[1].
+ROWS_WITH_TOKEN = """
+import json, sys
+from sqlalchemy import select
+from jobfleet.runtime import Runtime
+from jobfleet.schema import jobs
+ledger = Runtime.from_path(None).ledger
+query = select(jobs.c.id).where(jobs.c.args.contains(json.dumps(sys.argv[1])))
+with ledger.engine.connect() as conn:
+    print(json.dumps([found for (found,) in conn.execute(query)]))
+"""
+
+
+def ledger_rows(token: str) -> list[str]:
+    """The ids of the ledger rows of the job enqueued with ``token`` (one, or a duplicate)."""
+    argv = ["docker", "exec", WORKERS[0], "runuser", "-u", "jobfleet", "--",
+            PYTHON, "-c", ROWS_WITH_TOKEN, token]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"ledger rows of {token}: {done.stdout}{done.stderr}"
+    found = json.loads(done.stdout)
+    assert isinstance(found, list), done.stdout
+    return [str(job_id) for job_id in found]
+
+
 def assert_completed_once(job_id: str, token: str, row: dict[str, Any]) -> None:
-    """Completed, one side effect, one JOB_SUCCESS, one JOB_START per attempt."""
+    """Completed, one ledger row, one side effect, one JOB_SUCCESS, one JOB_START per
+    attempt."""
     assert row["status"] == "completed", row
     assert row["progress"] == 100.0, row
     time.sleep(3)  # a duplicate delivery would show up here
+    assert ledger_rows(token) == [job_id], f"ledger rows of {token}"
     assert completions(token) == [host_of(row["worker"])], f"side effects of {token}"
     seen = events(job_id)
     assert seen.count("JOB_SUCCESS") == 1, seen
