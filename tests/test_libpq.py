@@ -113,3 +113,18 @@ def test_a_host_without_libpq_is_told_to_install_it(
     monkeypatch.setattr(libpq, "_lib", None)
     with pytest.raises(UsageError, match=r"needs libpq-not-installed\.so\.5: install libpq"):
         WorkerLedger(pg_url).ping()
+
+
+def test_the_url_sets_the_connection_but_the_encoding_stays_utf8(pg_url: str) -> None:
+    plain = libpq.Connection(pg_url, connect_timeout=5)
+    named = libpq.Connection(
+        pg_url + "?application_name=shop-batch&client_encoding=LATIN1", connect_timeout=5
+    )
+    try:
+        assert plain.execute("SHOW application_name").rows == [("jobfleet-worker",)]
+        assert named.execute("SHOW application_name").rows == [("shop-batch",)]
+        assert named.execute("SHOW client_encoding").rows == [("UTF8",)]
+        assert named.execute("SELECT $1::text", ["žluťoučký €"]).rows == [("žluťoučký €",)]
+    finally:
+        plain.close()
+        named.close()

@@ -29,6 +29,9 @@ from typing import Any
 LIBRARY = "libpq.so.5"
 """The soname of libpq since PostgreSQL 8.0 (Debian package ``libpq5``)."""
 
+TCP_USER_TIMEOUT_MS = 30_000
+"""How long sent data may stay unacknowledged before libpq drops the connection."""
+
 CONNECTION_OK = 0
 PGRES_COMMAND_OK = 1
 PGRES_TUPLES_OK = 2
@@ -161,11 +164,15 @@ class Connection:
 
     def __init__(self, conninfo: str, connect_timeout: int) -> None:
         lib = _libpq()
-        settings = {
-            "dbname": conninfo,  # expanded: a URI or key=value string sets the rest
+        settings = {  # defaults: the URL's own settings, expanded from dbname, win
             "connect_timeout": str(connect_timeout),
-            "client_encoding": "UTF8",
             "fallback_application_name": "jobfleet-worker",
+            # A server gone silent (no reply, no reset) fails a statement after 30 s
+            # instead of blocking the worker for the kernel's retransmission time.
+            "tcp_user_timeout": str(TCP_USER_TIMEOUT_MS),
+            "keepalives_idle": "30",
+            "dbname": conninfo,
+            "client_encoding": "UTF8",  # after dbname: always, as values are decoded so
         }
         keys = (ctypes.c_char_p * (len(settings) + 1))(*(k.encode() for k in settings), None)
         values = (ctypes.c_char_p * (len(settings) + 1))(
