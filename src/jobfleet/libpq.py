@@ -37,15 +37,9 @@ PGRES_COMMAND_OK = 1
 PGRES_TUPLES_OK = 2
 PG_DIAG_SQLSTATE = ord("C")
 
-_BOOL, _INT4, _INT8, _FLOAT8, _NUMERIC, _TIMESTAMP, _TIMESTAMPTZ = (
-    16,
-    23,
-    20,
-    701,
-    1700,
-    1114,
-    1184,
-)
+# Type oids (pg_type).
+_BOOL, _INT4, _INT8, _FLOAT8, _NUMERIC = 16, 23, 20, 701, 1700
+_TIMESTAMP, _TIMESTAMPTZ = 1114, 1184
 _INTS = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
 _FLOATS = frozenset({700, 701, 1700})  # float4, float8, numeric
 
@@ -121,9 +115,7 @@ def _param(value: Any) -> tuple[int, bytes | None]:
     if isinstance(value, bool):
         return _BOOL, b"t" if value else b"f"
     if isinstance(value, int):  # the smallest type that holds it, for function calls
-        oid = (
-            _INT4 if -(2**31) <= value < 2**31 else _INT8 if -(2**63) <= value < 2**63 else _NUMERIC
-        )
+        oid = _INT4 if abs(value) < 2**31 else _INT8 if abs(value) < 2**63 else _NUMERIC
         return oid, str(value).encode()
     if isinstance(value, float):
         return _FLOAT8, repr(value).encode()
