@@ -20,6 +20,7 @@ A server that does not answer raises :class:`~jobfleet.errors.UnavailableError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -194,14 +195,8 @@ def sqlite_path(url: str) -> str:
     return unquote(rest[1:])
 
 
-_NUMBERED: dict[str, tuple[str, list[str]]] = {}
-
-
-def _numbered(sql: str) -> tuple[str, list[str]]:
-    found = _NUMBERED.get(sql)
-    if found is None:
-        found = _NUMBERED[sql] = ledger_sql.numbered(sql)
-    return found
+_numbered = functools.cache(ledger_sql.numbered)
+"""``:name`` -> ``$N``, once per statement text (the worker runs a handful)."""
 
 
 def _sqlite_value(value: Any) -> Any:
