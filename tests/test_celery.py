@@ -193,6 +193,64 @@ def test_kill_9_requeued_by_reaper_and_completed_once(
     )
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_killed_pool_process_is_recorded_at_once_and_runs_again_once(
+    db: str,
+    make_config: ConfigFactory,
+    redis_url: str,
+    procs: Procs,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """kill -9 of the pool process only (the OOM killer's choice): the node's main process
+    requeues the row at once, long before ``orphan_after``, and no reaper runs here."""
+    db_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
+    cfg = make_config(db_url, redis_url, queues=CELERY_QUEUES, orphan_after=120)
+    rt = _rt(cfg)
+    node = start_celery(procs, cfg, "a@host1")
+    side = tmp_path / "side"
+    job = enqueue(rt, "jobhelpers:slow", [str(side), "p", 2.0], queue="ca")
+    _started(side, "p")
+    before = _status(rt, job.id, "running", 10)
+    pool_pid = int(_lines(side)[0].split()[2])
+    assert pool_pid != node.pid
+    os.kill(pool_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    _started(side, "p", count=2, timeout=20)
+    rerun_after = time.monotonic() - killed_at
+    row = _status(rt, job.id, "completed", 20)
+    assert node.poll() is None, "the node itself lives on"
+    assert (row.attempts, row.worker) == (2, "a@host1")
+    assert row.first_started_at == before.first_started_at
+    assert [line.split()[0] for line in _lines(side)] == ["start", "start", "done"]
+    requeued = [e for e in procs.events(node) if e["event"] == "JOB_REQUEUED"]
+    assert [(e["job_id"], e["error_kind"], e["attempt"]) for e in requeued] == [
+        (job.id, "killed", 1)
+    ]
+    assert not [e for e in procs.events(node) if e["event"] == "JOB_DROPPED"]
+    assert rerun_after < 10, f"running again {rerun_after:.1f} s after the kill"
+    print(f"\npool process kill -9 ({db}): running again after {rerun_after:.2f}s")
+
+
+def test_a_killed_pool_process_with_no_attempts_left_fails_at_once(
+    make_config: ConfigFactory, sqlite_url: str, redis_url: str, procs: Procs, tmp_path: Path
+) -> None:
+    cfg = make_config(sqlite_url, redis_url, queues=CELERY_QUEUES, orphan_after=120)
+    rt = _rt(cfg)
+    node = start_celery(procs, cfg, "a@host1")
+    side = tmp_path / "side"
+    job = enqueue(rt, "jobhelpers:slow", [str(side), "f", 2.0], queue="ca", max_attempts=1)
+    _started(side, "f")
+    os.kill(int(_lines(side)[0].split()[2]), signal.SIGKILL)
+    row = _status(rt, job.id, "failed", 10)
+    assert (row.attempts, row.error_kind) == (1, "killed")
+    assert "pool process of Celery node a@host1 died" in (row.error or "")
+    time.sleep(2)  # the message Celery put back is skipped: the row is terminal
+    assert [line.split()[0] for line in _lines(side)] == ["start"]
+    assert node.poll() is None
+
+
 def test_sigterm_lets_the_running_job_finish(
     make_config: ConfigFactory, sqlite_url: str, redis_url: str, procs: Procs, tmp_path: Path
 ) -> None:

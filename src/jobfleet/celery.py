@@ -35,7 +35,11 @@ Startup cleanup: when a worker node starts (``worker_init``, before it takes any
 the rows left running under its own node name are requeued or failed; no other node's
 rows are touched. The systemd unit also runs ``jobfleet startup-cleanup --name NAME@%H``.
 A node killed outright is handled by the reaper (stale heartbeat: requeue with
-``send_task`` under the same id, or fail).
+``send_task`` under the same id, or fail). A pool process that dies during a task (OOM
+killer, kill -9) while its node lives on is recorded at once by the node's main process
+(:class:`LedgerRequest`), as the RQ worker records a killed work horse: the row is
+requeued (or failed, with no attempts left), and the message that Celery puts back runs
+it again.
 
 Shutdown: SIGTERM to the main process is Celery's warm shutdown (running tasks finish);
 the unit uses ``KillMode=mixed`` so the pool processes are not signalled too.
@@ -50,11 +54,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
+from celery.worker.request import Request
 from sqlalchemy.exc import OperationalError
 
+from jobfleet import logs
 from jobfleet.celery_send import app_settings, send
-from jobfleet.errors import translate
+from jobfleet.errors import first_line, redact, translate
 from jobfleet.runner import Heartbeat, JobRunner, progress_to
 from jobfleet.runtime import Runtime
 from jobfleet.schema import utcnow
@@ -62,7 +69,15 @@ from jobfleet.schema import utcnow
 if TYPE_CHECKING:
     from jobfleet.ledger import JobRow
 
-__all__ = ["LedgerTask", "ledger_task", "make_app", "run_delivery", "startup_cleanup"]
+__all__ = [
+    "LedgerRequest",
+    "LedgerTask",
+    "ledger_task",
+    "make_app",
+    "pool_process_lost",
+    "run_delivery",
+    "startup_cleanup",
+]
 
 MODE = "celery"
 """The queue mode (and the ``mode`` column) of jobs that travel through Celery."""
@@ -133,10 +148,79 @@ def startup_cleanup(config_path: str | None, node: str) -> None:
         )
 
 
+def pool_process_lost(config_path: str | None, job_id: str, node: str, comes_back: bool) -> None:
+    """Record, in the node's main process, a task whose pool process died during it.
+
+    Only a row still running under ``node`` is touched (a pool process that died after
+    recording its outcome leaves nothing to do). It is requeued while attempts remain,
+    else failed, with error kind ``killed``. ``comes_back``: Celery puts the message back
+    (late acks and reject on worker lost), so the requeued row counts as sent; otherwise
+    it is sent again here. The connections are closed afterwards, as no pool process
+    forked later may inherit them.
+    """
+    from jobfleet.modes import route
+
+    runtime = Runtime.from_path(config_path)
+    try:
+        row = runtime.ledger.get(job_id)
+        if row is None or row.status != "running" or row.worker != node:
+            return
+        message = f"a pool process of Celery node {node} died during the job"
+        new = runtime.ledger.release(row, message, "killed", stale_before=None)
+        if new is None:
+            return
+        requeued = new.status == "pending"
+        logs.emit_row(
+            "JOB_REQUEUED" if requeued else "JOB_FAILED",
+            row,
+            node,
+            stream=runtime.stream,
+            error=message,
+            error_kind="killed",
+            fatal=False,
+            will_retry=requeued,
+        )
+        if requeued and not (comes_back and runtime.ledger.set_dispatched(new.id, True)):
+            route(runtime, new)
+    finally:
+        runtime.ledger.engine.dispose()
+
+
+class LedgerRequest(Request):  # type: ignore[misc]
+    """A delivery as the node's main process sees it: when its pool process dies during
+    the task, the ledger row is recorded at once (:func:`pool_process_lost`) before Celery
+    puts the message back, so that the message finds the row pending and runs it."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError):
+            task = self.task
+            try:
+                pool_process_lost(
+                    task.app.conf.get("jobfleet_config"),
+                    str(self.id),
+                    str(self.hostname),
+                    comes_back=bool(task.acks_late and task.reject_on_worker_lost),
+                )
+            except Exception as error:  # the reaper still has the row after orphan_after
+                print(
+                    f"jobfleet celery: {translate(error) or redact(first_line(str(error)))}; "
+                    f"job {self.id} left for the reaper",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+
 class LedgerTask(Task):  # type: ignore[misc]
     """A Celery task whose every delivery runs through the jobfleet ledger wrapper."""
 
     typing = False  # arguments come from the ledger row
+    Request = LedgerRequest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
