@@ -299,3 +299,36 @@ def test_kill_9_of_the_node_requeues_the_job_which_completes_once(capsys: Any) -
         f"{rerun - killed:.1f} s, completed after {finished - killed:.1f} s "
         f"(the job takes {STEPS * PAUSE:.0f} s)",
     )
+
+
+def test_kill_9_of_the_pool_process_is_recorded_at_once_and_the_job_completes_once(
+    capsys: Any,
+) -> None:
+    # The OOM killer's usual choice: the pool process running the task, not the node.
+    job = Probe(f"pool-{uuid.uuid4().hex[:8]}", steps=STEPS)
+    row = job.running()
+    victim = host_of(row["worker"])
+    before = unit_state(victim)
+    main = before["MainPID"]
+    children = sh(victim, f"cat /proc/{main}/task/{main}/children").split()
+    assert len(children) == 1, f"pool processes of {main}: {children} (concurrency 1)"
+    killed = time.time()
+    sh(victim, f"kill -9 {children[0]}")
+    changes = job.changes()
+    rerun = first(changes, lambda c: (c["status"], c["attempts"]) == ("running", 2), "attempt 2")
+    done = changes[-1]
+    assert done["status"] == "completed" and done["attempts"] == 2, changes
+    assert done["first_started_at"] == row["first_started_at"], changes
+    # The node lived on: same main process, no restart; it requeued the row itself.
+    after = unit_state(victim)
+    assert (after["MainPID"], after["NRestarts"]) == (main, before["NRestarts"]), after
+    assert "JOB_REQUEUED" in events(row["id"])
+    assert rerun - killed < 10, f"running again only {rerun - killed:.1f} s after the kill"
+    assert_completed_once(row["id"], job.token, done)
+    assert_catalog_idle()
+    report(
+        capsys,
+        f"celery kill -9 of the pool process of {row['worker']} at {row['progress']:.0f}%: "
+        f"running again (attempt 2 on {done['worker']}) after {rerun - killed:.1f} s, "
+        f"completed after {done['t'] - killed:.1f} s (the job takes {STEPS * PAUSE:.0f} s)",
+    )
