@@ -322,8 +322,10 @@ def test_kill_9_of_the_pool_process_is_recorded_at_once_and_the_job_completes_on
     # The node lived on: same main process, no restart; it requeued the row itself.
     after = unit_state(victim)
     assert (after["MainPID"], after["NRestarts"]) == (main, before["NRestarts"]), after
+    # The node's own JOB_REQUEUED (the reaper logs to its own unit), and sooner than the
+    # reaper could: Celery notices a lost pool process at once or at its 5 s pool check.
     assert "JOB_REQUEUED" in events(row["id"])
-    assert rerun - killed < 10, f"running again only {rerun - killed:.1f} s after the kill"
+    assert rerun - killed < 15, f"running again only {rerun - killed:.1f} s after the kill"
     assert_completed_once(row["id"], job.token, done)
     assert_catalog_idle()
     report(
