@@ -146,16 +146,9 @@ def test_fatal_retryable_and_deleted_rows(
     assert failed[0]["fatal"] is True and failed[0]["will_retry"] is False
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_kill_9_requeued_by_reaper_and_completed_once(
-    db: str,
-    make_config: ConfigFactory,
-    redis_url: str,
-    procs: Procs,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
+    db_url: str, make_config: ConfigFactory, redis_url: str, procs: Procs, tmp_path: Path
 ) -> None:
-    db_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
     cfg = _config(make_config, db_url, redis_url)
     rt = _rt(cfg)
     nodes = {n: start_celery(procs, cfg, n) for n in ("a@host1", "b@host2")}
@@ -188,23 +181,16 @@ def test_kill_9_requeued_by_reaper_and_completed_once(
     assert row.last_started_at is not None and row.last_started_at > before.first_started_at
     assert sum(1 for line in _lines(side) if line.startswith("done")) == 1
     print(
-        f"\nkill -9 recovery ({db}): requeued after {requeued_after:.2f}s, "
+        f"\nkill -9 recovery ({db_url.split(':')[0]}): requeued after {requeued_after:.2f}s, "
         f"completed after {completed_after:.2f}s (orphan_after {ORPHAN_AFTER}s, job 3s)"
     )
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_killed_pool_process_is_recorded_at_once_and_runs_again_once(
-    db: str,
-    make_config: ConfigFactory,
-    redis_url: str,
-    procs: Procs,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
+    db_url: str, make_config: ConfigFactory, redis_url: str, procs: Procs, tmp_path: Path
 ) -> None:
     """kill -9 of the pool process only (the OOM killer's choice): the node's main process
     requeues the row at once, long before ``orphan_after``, and no reaper runs here."""
-    db_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
     cfg = make_config(db_url, redis_url, queues=CELERY_QUEUES, orphan_after=120)
     rt = _rt(cfg)
     node = start_celery(procs, cfg, "a@host1")
@@ -230,7 +216,9 @@ def test_a_killed_pool_process_is_recorded_at_once_and_runs_again_once(
     ]
     assert not [e for e in procs.events(node) if e["event"] == "JOB_DROPPED"]
     assert rerun_after < 10, f"running again {rerun_after:.1f} s after the kill"
-    print(f"\npool process kill -9 ({db}): running again after {rerun_after:.2f}s")
+    print(
+        f"\npool process kill -9 ({db_url.split(':')[0]}): running again after {rerun_after:.2f}s"
+    )
 
 
 def test_a_killed_pool_process_with_no_attempts_left_fails_at_once(
